@@ -1,0 +1,1 @@
+"""bnbook: Batch Normalization from scratch, proven equal to PyTorch."""

@@ -1,0 +1,129 @@
+"""The built HTML book in a real browser: math renders, figures respond, nothing is fetched.
+
+Drives Debian's Chromium through Playwright (which never downloads a browser of its own here).
+Needs the book built first (`make book`; `make test` builds it before running pytest).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Chromium not found: install it (Debian: `apt-get install chromium`) to run the "
+        "browser tests; .ci/run does this",
+    ),
+]
+
+# The flags keep Chromium from phoning home: this machine has no network, and every stray
+# connection attempt would be refused (and would show up in the request log below).
+_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=_FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Open a page of the built book by file:// (as a reader offline would) and log requests."""
+    if not (HTML / "index.html").is_file():
+        pytest.fail(f"the book is not built at {HTML}: run `make book` first")
+    pages = []
+
+    def _open(relative: str):
+        page = browser.new_page(viewport={"width": 1280, "height": 1800})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((HTML / relative).as_uri(), wait_until="load")
+        pages.append(page)
+        return page, requests, errors
+
+    yield _open
+    for page in pages:
+        page.close()
+
+
+def _wait_for_math(page) -> dict:
+    page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
+                           timeout=30_000)
+    return page.evaluate(
+        """() => MathJax.startup.promise.then(() => ({
+            rendered: document.querySelectorAll('mjx-container').length,
+            errors: document.querySelectorAll('mjx-merror').length,
+            raw: document.querySelectorAll('.math:not(:has(mjx-container))').length,
+        }))"""
+    )
+
+
+def test_chapter_math_renders_offline(open_page) -> None:
+    page, requests, errors = open_page("chapters/transform.html")
+    math = _wait_for_math(page)
+    assert math["rendered"] >= 10, math
+    assert math["errors"] == 0 and math["raw"] == 0, math
+    page.wait_for_load_state("networkidle")
+    remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+    assert not remote, f"the page fetched from the network: {remote}"
+    assert any("/_static/mathjax/" in u for u in requests), "MathJax must come from the book"
+    assert not errors, errors
+
+
+def test_figure_slider_and_preset_change_the_picture(open_page) -> None:
+    from bnbook import figures
+
+    page, requests, errors = open_page("chapters/transform.html")
+    figure = page.locator(".bnfig").first
+    figure.scroll_into_view_if_needed()
+    image = figure.locator("img.bnfig-img")
+    gamma = figure.locator('input[type="range"]').nth(0)
+    readout = figure.locator("output").nth(0)
+    before = image.get_attribute("src")
+    assert readout.inner_text() == "1.00"
+
+    gamma.focus()
+    page.keyboard.press("ArrowRight")  # one step of the γ slider, as a reader would
+    assert readout.inner_text() == "1.50"
+    after = image.get_attribute("src")
+    assert after != before, "moving the slider must change the picture"
+
+    figure.get_by_role("button", name="set to identity (γ = σ, β = μ)").click()
+    assert [figure.locator("output").nth(k).inner_text() for k in (0, 1)] == ["2.00", "3.00"]
+    shown = base64.b64decode(image.get_attribute("src").split(",", 1)[1])
+    # The picture shown is exactly what the drawing function makes for that state.
+    assert shown == figures.transform_explorer().png(gamma=2.0, beta=3.0)
+
+    data = json.loads(figure.locator("script.bnfig-data").text_content())
+    assert len(data["index"]) == 7 * 7
+    remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+    assert not remote and not errors, (remote, errors)
+
+
+def test_intro_page_links_the_chapter(open_page) -> None:
+    page, _, errors = open_page("intro.html")
+    link = page.locator('a[href*="chapters/transform"]').first
+    assert link.count() == 1
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith("chapters/transform.html")
+    assert not errors
