@@ -82,10 +82,11 @@ def test_chapter_math_renders_offline(open_page) -> None:
     math = _wait_for_math(page)
     assert math["rendered"] >= 10, math
     assert math["errors"] == 0 and math["raw"] == 0, math
-    page.wait_for_load_state("networkidle")
     remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
     assert not remote, f"the page fetched from the network: {remote}"
     assert any("/_static/mathjax/" in u for u in requests), "MathJax must come from the book"
+    html = (HTML / "chapters" / "transform.html").read_text()
+    assert "unpkg.com" not in html and "cdn.jsdelivr" not in html and "cdnjs" not in html
     assert not errors, errors
 
 

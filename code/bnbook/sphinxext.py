@@ -1,8 +1,11 @@
-"""The book's Sphinx glue: serve MathJax from the built book, so it works with no network.
+"""The book's Sphinx glue: a built book that needs no network.
 
-Jupyter Book loads MathJax from a public CDN by default. The wheel ``django-static-mathjax``
-carries MathJax 3 as plain files; after the HTML build we copy its browser bundles into
-``_static/mathjax``, and ``_config.yml`` points ``mathjax_path`` there.
+* Jupyter Book loads MathJax from a public CDN by default. The wheel ``django-static-mathjax``
+  carries MathJax 3 as plain files; after the HTML build we copy its browser bundles into
+  ``_static/mathjax``, and ``_config.yml`` points ``mathjax_path`` there.
+* Jupyter Book always loads sphinx-thebe, whose only job is to fetch a kernel front end from a
+  public CDN when a reader asks for one; it is also injected twice, which throws a script error on
+  every page. We take its scripts off the pages.
 """
 
 from __future__ import annotations
@@ -39,6 +42,20 @@ def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
     )
 
 
+def _is_thebe(asset: Any) -> bool:
+    name = str(getattr(asset, "filename", None) or asset or "")
+    body = str(getattr(asset, "attributes", {}).get("body", ""))
+    return "thebe" in name or "THEBE" in body
+
+
+def _drop_thebe(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                doctree: Any) -> None:
+    for key in ("script_files", "css_files"):
+        if key in context:
+            context[key] = [asset for asset in context[key] if not _is_thebe(asset)]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("build-finished", _copy_mathjax)
+    app.connect("html-page-context", _drop_thebe, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
