@@ -328,7 +328,8 @@ class InteractiveFigure:
 
         buttons = []
         for preset in self.presets:
-            button = widgets.Button(description=preset.label)
+            button = widgets.Button(description=preset.label,
+                                    layout=widgets.Layout(width="auto"))
 
             def apply(_button: Any, values: Mapping[str, Any] = preset.values) -> None:
                 with _hold(inputs.values(), redraw):
