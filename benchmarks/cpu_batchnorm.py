@@ -1,0 +1,265 @@
+"""CPU benchmarks of bnbook's batch norm, recorded in benchmarks/results/cpu.json.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/cpu_batchnorm.py [--threads 1] [--repeats 40] [--skip-book]
+
+What is measured, each contender side by side in ONE process:
+
+1. ``bnbook.functional.batch_norm`` forward + backward against torch's native kernel
+   (``torch.nn.functional.batch_norm``), float32, on (64, 64, 28, 28) and on an (N, C) input.
+   Reported ratio: ours / native; target <= 1.5.
+2. The NumPy reference's compact backward against its staged (node-by-node) backward.
+   Reported ratio: staged / compact; target >= 3.
+3. The book: a clean ``jupyter-book build`` of a copy of the repository in a temporary folder,
+   then a rebuild with nothing changed (served from the execution cache). Wall seconds.
+
+Machine noise (other processes, frequency changes) hits the contenders alike because their
+calls are interleaved A, B, A, B, ...; each row reports the median and the 10th/90th percentiles
+of many timed calls taken after a warm-up. The thread count is fixed and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnbook import functional as bnF
+from bnbook import reference as ref
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "cpu.json"
+# Never copied into the book's build folder: environments, caches and earlier builds.
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "_build", ".jupyter_cache", "__pycache__", ".pytest_cache", ".ruff_cache",
+    ".hypothesis", ".ipynb_checkpoints", "*.egg-info", ".whl", ".gl",
+)
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    """Time each contender ``repeats`` times, alternating between them (A, B, A, B, ...).
+
+    Args:
+        contenders: name -> a call to time.
+        repeats: timed calls per contender.
+        warmup: untimed calls per contender first (allocator, caches, lazy initialisation).
+
+    Returns:
+        name -> {"median_s", "p10_s", "p90_s", "repeats"}.
+    """
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "median_s": float(np.median(t)),
+            "p10_s": float(np.percentile(t, 10)),
+            "p90_s": float(np.percentile(t, 90)),
+            "repeats": repeats,
+        }
+        for name, t in times.items()
+    }
+
+
+def _fwd_bwd(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+    dy: torch.Tensor,
+) -> Callable[[], object]:
+    """One training step of ``fn`` (a batch_norm with F.batch_norm's signature): forward and
+    the gradients of x, weight and bias."""
+    running_mean, running_var = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+
+    def run() -> object:
+        y = fn(x, running_mean, running_var, w, b, True, 0.1, 1e-5)
+        # autograd.grad, not backward(): no accumulation into .grad is timed.
+        return torch.autograd.grad(y, (x, w, b), dy)
+
+    return run
+
+
+def torch_rows(repeats: int, warmup: int) -> list[dict]:
+    """bnbook.functional vs native batch norm, forward + backward in training mode."""
+    rows = []
+    for shape in [(64, 64, 28, 28), (4096, 256)]:
+        g = torch.Generator().manual_seed(0)
+        c = shape[1]
+        x = torch.randn(shape, generator=g).requires_grad_()
+        w = torch.rand(c, generator=g).add_(0.5).requires_grad_()
+        b = torch.randn(c, generator=g).requires_grad_()
+        dy = torch.randn(shape, generator=g)
+        # Each contender updates its own running statistics, as a layer in training would.
+        timed = interleaved(
+            {
+                "ours": _fwd_bwd(bnF.batch_norm, x, w, b, dy),
+                "native": _fwd_bwd(F.batch_norm, x, w, b, dy),
+            },
+            repeats,
+            warmup,
+        )
+        ratio = timed["ours"]["median_s"] / timed["native"]["median_s"]
+        rows.append(
+            {
+                "name": f"functional fwd+bwd {tuple(shape)} float32",
+                "contenders": timed,
+                "ratio": ratio,
+                "ratio_definition": "ours / native (median)",
+                "target": "<= 1.5",
+                "target_met": ratio <= 1.5,
+            }
+        )
+    return rows
+
+
+def numpy_row(repeats: int, warmup: int) -> dict:
+    """The reference's staged backward vs its compact backward."""
+    shape = (32, 64, 14, 14)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape)
+    dy = rng.normal(size=shape)
+    _, cache = ref.batch_norm_forward(x, rng.normal(size=64), rng.normal(size=64))
+    timed = interleaved(
+        {
+            "compact": lambda: ref.batch_norm_backward(dy, cache),
+            "staged": lambda: ref.batch_norm_backward_staged(dy, cache),
+        },
+        repeats,
+        warmup,
+    )
+    ratio = timed["staged"]["median_s"] / timed["compact"]["median_s"]
+    return {
+        "name": f"numpy backward {shape} float64",
+        "contenders": timed,
+        "ratio": ratio,
+        "ratio_definition": "staged / compact (median)",
+        "target": ">= 3",
+        "target_met": ratio >= 3,
+    }
+
+
+def book_row() -> dict:
+    """A clean build of the book in a temporary copy of the repository, then a cached rebuild."""
+    jb = Path(sys.executable).with_name("jupyter-book")
+    timings: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bnbook-book-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        for run in ("clean", "cached"):
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [str(jb), "build", str(copy), "--keep-going"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "MPLBACKEND": "Agg"},
+                check=False,
+            )
+            timings[run] = {
+                "wall_s": time.perf_counter() - start,
+                "returncode": proc.returncode,
+                "ok": proc.returncode == 0 and (copy / "_build" / "html" / "index.html").exists(),
+            }
+            if proc.returncode != 0:
+                timings[run]["stderr_tail"] = proc.stderr[-2000:]
+    return {"name": "jupyter-book build (clean, then cached rebuild)", "book": timings}
+
+
+def machine_info() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"CPU: {results['machine']['cpu_model']}, {results['machine']['logical_cores']} cores, "
+        f"torch threads {results['machine']['torch_threads']}, torch "
+        f"{results['machine']['torch']}, numpy {results['machine']['numpy']}",
+        "",
+        "| benchmark | contender | median ms | p10 ms | p90 ms | ratio | target | met |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in results["rows"]:
+        if "book" in row:
+            for run, t in row["book"].items():
+                status = "ok" if t["ok"] else f"FAILED (rc {t['returncode']})"
+                lines.append(
+                    f"| {row['name']} | {run} | {t['wall_s'] * 1e3:.0f} | | | | | {status} |"
+                )
+            continue
+        for i, (name, t) in enumerate(row["contenders"].items()):
+            tail = (
+                f"{row['ratio']:.2f} ({row['ratio_definition']}) | {row['target']} | "
+                f"{'yes' if row['target_met'] else 'NO'}"
+                if i == 0
+                else " | |"
+            )
+            lines.append(
+                f"| {row['name'] if i == 0 else ''} | {name} | {t['median_s'] * 1e3:.2f} | "
+                f"{t['p10_s'] * 1e3:.2f} | {t['p90_s'] * 1e3:.2f} | {tail} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1)")
+    parser.add_argument("--repeats", type=int, default=40, help="timed calls per contender")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per contender")
+    parser.add_argument("--skip-book", action="store_true", help="do not build the book")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = torch_rows(args.repeats, args.warmup)
+    rows.append(numpy_row(args.repeats, args.warmup))
+    if not args.skip_book:
+        rows.append(book_row())
+    output = args.output.resolve()
+    shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
+    results = {"machine": machine_info(), "settings": vars(args) | {"output": str(shown)},
+               "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
