@@ -128,3 +128,24 @@ def test_intro_page_links_the_chapter(open_page) -> None:
     page.wait_for_load_state("load")
     assert page.url.endswith("chapters/transform.html")
     assert not errors
+
+
+def _book_pages() -> list[str]:
+    pages = ["intro.html"]
+    for folder in ("chapters", "exercises"):
+        pages += sorted(f"{folder}/{p.name}" for p in (HTML / folder).glob("*.html"))
+    return pages
+
+
+def test_every_page_loads_offline_without_script_errors(open_page) -> None:
+    pages = _book_pages()
+    assert len(pages) >= 4, pages
+    for relative in pages:
+        page, requests, errors = open_page(relative)
+        if page.locator(".math").count():
+            math = _wait_for_math(page)
+            assert math["errors"] == 0 and math["raw"] == 0, (relative, math)
+        remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+        assert not remote, f"{relative} fetched from the network: {remote}"
+        assert not errors, f"{relative}: script errors {errors}"
+        page.close()
