@@ -26,9 +26,9 @@ help:
 	@echo "make grade  grade every exercise notebook (never writes to them)"
 	@echo "make bench  run the CPU benchmarks and record benchmarks/results/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)
