@@ -618,6 +618,11 @@ def grade_notebook(path: str | Path, timeout_per_cell: int = 120) -> dict[str, A
             client.execute()
         except Exception as exc:  # noqa: BLE001 - a dead kernel is reported, not raised
             return {"notebook": path.stem, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            # nbclient leaves a kernel it did not start running: stop it here, or every graded
+            # notebook keeps a kernel (with torch loaded) alive until the grader exits.
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     for out in nb.cells[-1].get("outputs", []):
         text = out.get("text", "")
         for line in text.splitlines():
