@@ -65,6 +65,11 @@ def open_page(browser):
         page.close()
 
 
+def _remote(requests: list[str]) -> list[str]:
+    """The requests that left the book: anything but its own files and inline data."""
+    return [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+
+
 def _wait_for_math(page) -> dict:
     page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
                            timeout=30_000)
@@ -82,7 +87,7 @@ def test_chapter_math_renders_offline(open_page) -> None:
     math = _wait_for_math(page)
     assert math["rendered"] >= 10, math
     assert math["errors"] == 0 and math["raw"] == 0, math
-    remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+    remote = _remote(requests)
     assert not remote, f"the page fetched from the network: {remote}"
     assert any("/_static/mathjax/" in u for u in requests), "MathJax must come from the book"
     html = (HTML / "chapters" / "transform.html").read_text()
@@ -116,7 +121,7 @@ def test_figure_slider_and_preset_change_the_picture(open_page) -> None:
 
     data = json.loads(figure.locator("script.bnfig-data").text_content())
     assert len(data["index"]) == 7 * 7
-    remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+    remote = _remote(requests)
     assert not remote and not errors, (remote, errors)
 
 
@@ -145,7 +150,7 @@ def test_every_page_loads_offline_without_script_errors(open_page) -> None:
         if page.locator(".math").count():
             math = _wait_for_math(page)
             assert math["errors"] == 0 and math["raw"] == 0, (relative, math)
-        remote = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
+        remote = _remote(requests)
         assert not remote, f"{relative} fetched from the network: {remote}"
         assert not errors, f"{relative}: script errors {errors}"
         page.close()
