@@ -154,3 +154,82 @@ def test_every_page_loads_offline_without_script_errors(open_page) -> None:
         assert not remote, f"{relative} fetched from the network: {remote}"
         assert not errors, f"{relative}: script errors {errors}"
         page.close()
+
+
+# Every interactive figure of the book, page by page, in the order the page shows them, as
+# "module:factory" in bnbook.figures. A figure added to a chapter must be listed here: the test
+# below fails when a page shows a figure this table does not know.
+FIGURES: dict[str, list[str]] = {
+    "chapters/transform.html": ["bnbook.figures.transform:transform_explorer"],
+}
+
+
+def _factory(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+def _shown_png(figure) -> bytes:
+    return base64.b64decode(figure.locator("img.bnfig-img").get_attribute("src").split(",", 1)[1])
+
+
+def _select(page, figure, control_index: int, control, position: int) -> None:
+    """Move one control to `position` as a reader would: keys on a slider, a click on a button."""
+    from bnbook.figures import Slider
+
+    if isinstance(control, Slider):
+        slider = figure.locator(f'input[type="range"][data-control="{control_index}"]')
+        slider.focus()
+        page.keyboard.press("Home")
+        for _ in range(position):
+            page.keyboard.press("ArrowRight")
+    else:
+        figure.locator(
+            f'button[data-control="{control_index}"][data-option="{position}"]'
+        ).click()
+
+
+def test_every_figure_is_listed() -> None:
+    for relative in _book_pages():
+        shown = (HTML / relative).read_text().count('class="bnfig"')
+        assert shown == len(FIGURES.get(relative, [])), (
+            f"{relative} shows {shown} interactive figure(s) but FIGURES lists "
+            f"{FIGURES.get(relative, [])}: add it to the table"
+        )
+
+
+@pytest.mark.parametrize(
+    ("relative", "k"), [(page, k) for page, specs in FIGURES.items() for k in range(len(specs))]
+)
+def test_every_figure_responds_with_the_drawing_functions_pictures(open_page, relative, k) -> None:
+    """Each control moves the picture, and the picture shown is the one `draw` makes there."""
+    interactive = _factory(FIGURES[relative][k])
+    page, requests, errors = open_page(relative)
+    figure = page.locator(".bnfig").nth(k)
+    figure.scroll_into_view_if_needed()
+    start = _shown_png(figure)
+    assert start == interactive.png(), "the first picture must be the default state's"
+
+    # Every control to its last position, then the first control back to its first one.
+    state = dict(interactive.defaults)
+    for i, control in enumerate(interactive.controls):
+        last = len(control.options) - 1
+        _select(page, figure, i, control, last)
+        state[control.name] = control.options[last]
+        assert _shown_png(figure) == interactive.png(**state), (relative, k, state)
+    first = interactive.controls[0]
+    _select(page, figure, 0, first, 0)
+    state[first.name] = first.options[0]
+    assert _shown_png(figure) == interactive.png(**state), (relative, k, state)
+
+    readouts = figure.locator("output")
+    sliders = [c for c in interactive.controls if not hasattr(c, "choices")]
+    assert [readouts.nth(i).inner_text() for i in range(readouts.count())] == [
+        c.text(state[c.name]) for c in sliders
+    ]
+    moved = {interactive.png(**{c.name: o}) for c in interactive.controls for o in c.options}
+    assert len(moved) > 1, "a figure whose controls never change the picture is not interactive"
+    remote = _remote(requests)
+    assert not remote and not errors, (remote, errors)
