@@ -161,6 +161,14 @@ def test_every_page_loads_offline_without_script_errors(open_page) -> None:
 # below fails when a page shows a figure this table does not know.
 FIGURES: dict[str, list[str]] = {
     "chapters/transform.html": ["bnbook.figures.transform:transform_explorer"],
+    "chapters/backprop.html": [
+        "bnbook.figures.backprop:backward_graph_stepper",
+        "bnbook.figures.backprop:upstream_blend_explorer",
+    ],
+    "chapters/why_normalize.html": [
+        "bnbook.figures.why_normalize:saturation_explorer",
+        "bnbook.figures.why_normalize:runaway_bias_explorer",
+    ],
 }
 
 

@@ -91,8 +91,9 @@ def test_backward_matches_torch_autograd(shape: tuple[int, ...]) -> None:
 def test_all_ones_upstream_gradient_hides_bugs() -> None:
     """With dy = 1 every output moves together, so dL/dx is 0 for ANY weight.
 
-    A backward pass that forgot the whole x_hat term, or the mean term, still returns ~0 here:
-    checking gradients with dy = 1 (as ``y.sum().backward()`` does) proves little.
+    A backward pass that forgot the whole x_hat (variance) term still returns ~0 here, so
+    checking gradients with dy = 1 (as ``y.sum().backward()`` does) proves little. (Forgetting
+    the mean term instead returns gamma * istd, which this check does catch.)
     """
     x, w, b = _data((6, 3, 4), seed=5)
     dy = np.ones_like(x)
