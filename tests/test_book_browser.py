@@ -161,6 +161,7 @@ def test_every_page_loads_offline_without_script_errors(open_page) -> None:
 # below fails when a page shows a figure this table does not know.
 FIGURES: dict[str, list[str]] = {
     "chapters/transform.html": ["bnbook.figures.transform:transform_explorer"],
+    "chapters/train_inference.html": ["bnbook.figures.train_inference:train_vs_eval_explorer"],
     "chapters/backprop.html": [
         "bnbook.figures.backprop:backward_graph_stepper",
         "bnbook.figures.backprop:upstream_blend_explorer",
