@@ -1,11 +1,14 @@
 """Every figure of the book: a pure drawing function, a live form and a static-HTML form.
 
 :mod:`bnbook.figures.core` holds the machinery (:class:`InteractiveFigure` and its controls);
-each chapter's figures live in a module of their own named after the chapter. The names a
-chapter uses are re-exported here, so ``from bnbook import figures`` is all a notebook needs.
+each chapter's figures live in a module of their own named after the chapter. Every figure's
+factory is re-exported here, so ``figures.saturation_explorer()`` works after
+``from bnbook import figures``; the drawing functions and data helpers stay in their modules.
 """
 
+from bnbook.figures.backprop import backward_graph_stepper, upstream_blend_explorer
 from bnbook.figures.core import Control, DrawFn, InteractiveFigure, Preset, Slider, Toggle
+from bnbook.figures.train_inference import train_vs_eval_explorer
 from bnbook.figures.transform import (
     TRANSFORM_MEAN,
     TRANSFORM_STD,
@@ -13,6 +16,7 @@ from bnbook.figures.transform import (
     transform_batch,
     transform_explorer,
 )
+from bnbook.figures.why_normalize import runaway_bias_explorer, saturation_explorer
 
 __all__ = [
     "TRANSFORM_MEAN",
@@ -23,7 +27,12 @@ __all__ = [
     "Preset",
     "Slider",
     "Toggle",
+    "backward_graph_stepper",
     "draw_transform",
+    "runaway_bias_explorer",
+    "saturation_explorer",
+    "train_vs_eval_explorer",
     "transform_batch",
     "transform_explorer",
+    "upstream_blend_explorer",
 ]
