@@ -121,3 +121,28 @@ def test_transform_explorer_identity_preset_recovers_the_raw_batch() -> None:
     y = identity["gamma"] * x_hat + identity["beta"]
     np.testing.assert_allclose(y, x, atol=2e-5)
     assert explorer.png(**identity) != explorer.png()
+
+
+_BOOK_FIGURES = sorted(n for n in figures.__all__ if n.endswith(("_explorer", "_stepper")))
+
+
+def test_every_figure_factory_is_exported() -> None:
+    assert len(_BOOK_FIGURES) >= 6, _BOOK_FIGURES
+
+
+@pytest.mark.parametrize("name", _BOOK_FIGURES)
+def test_every_book_figure_is_live_in_jupyter(name: str) -> None:
+    """What JupyterLab runs: each control of each figure redraws the picture from the code."""
+    interactive = getattr(figures, name)()
+    box = interactive.widget()
+    image, *inputs = box.children[: 1 + len(interactive.controls)]
+    assert image.value == interactive.png()
+    state = dict(interactive.defaults)
+    for control, widget in zip(interactive.controls, inputs, strict=True):
+        state[control.name] = widget.value = control.options[-1]
+        assert image.value == interactive.png(**state), (name, state)
+    buttons = box.children[-1].children
+    for preset, button in zip(interactive.presets, buttons, strict=True):
+        button.click()
+        state.update(preset.values)
+        assert image.value == interactive.png(**state), (name, preset.label)
