@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from bnbook import reference
+
 Array = NDArray[np.float64]
 
 __all__ = [
@@ -113,11 +115,19 @@ def saturation_batch(drift: float, m: int = 256, seed: int = 0) -> Array:
     return drift + z
 
 
-def _standardise(x: Array, eps: float) -> Array:
-    """Batch Normalization's steps 1 to 3 with γ = 1, β = 0, over the whole batch."""
-    mean = x.mean()  # (): over the batch
-    var = x.var()  # (): biased, as the layer uses
-    return (x - mean) / np.sqrt(var + eps)
+def standardise(x: ArrayLike, eps: float = 1e-5) -> Array:
+    """Batch Normalization of one feature with γ = 1, β = 0, over the whole batch.
+
+    Args:
+        x: the batch of one feature, shape (m,).
+        eps: added to the (biased) batch variance before the square root.
+
+    Returns:
+        The normalised batch, shape (m,): :func:`bnbook.reference.batch_norm_forward` on it.
+    """
+    batch = np.asarray(x, dtype=np.float64)[:, None]  # (m, 1): m examples of one feature
+    y, _ = reference.batch_norm_forward(batch, np.ones(1), np.zeros(1), eps)
+    return y[:, 0]
 
 
 def saturation_stats(
@@ -146,7 +156,7 @@ def saturation_stats(
         raise ValueError(f"eps must be > 0, got {eps}")
     x = saturation_batch(drift, m=m, seed=seed)
     if bn:
-        x = _standardise(x, eps)
+        x = standardise(x, eps)
     slope = sigmoid_slope(x)  # (m,)
     flat = slope < FLAT_FRACTION * sigmoid_slope(0.0)  # (m,) bool
     return float(flat.mean()), float(slope.mean())
@@ -174,7 +184,7 @@ def slope_through_depth(drift: float, bn: bool, layers: int, *, m: int = 256) ->
     for seed in range(layers):
         x = saturation_batch(drift, m=m, seed=seed)
         if bn:
-            x = _standardise(x, 1e-5)
+            x = standardise(x)
         product *= sigmoid_slope(x)  # (m,)
     return float(product.mean())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from bnbook import reference
 from bnbook.figures.core import InteractiveFigure, Slider, Toggle
 
 #: The value of the example whose output the figure follows.
@@ -59,11 +60,15 @@ def example_outputs(shift: float, batch_size: int, eps: float = EPS) -> tuple[fl
         ``(train_output, eval_output)`` for the fixed example, with gamma = 1 and beta = 0.
     """
     batch = np.concatenate([[FIXED_EXAMPLE], other_examples(batch_size, shift)])  # (m,)
-    mean = batch.mean()  # scalar: one feature, statistics over the batch
-    var = batch.var()  # biased (÷m), what training mode normalises with
-    train = (FIXED_EXAMPLE - mean) / np.sqrt(var + eps)
-    evaluated = (FIXED_EXAMPLE - RUNNING_MEAN) / np.sqrt(RUNNING_VAR + eps)
-    return float(train), float(evaluated)
+    gamma, beta = np.ones(1), np.zeros(1)
+    # Training mode: the batch's own mean and biased variance; the example is row 0.
+    train, _ = reference.batch_norm_forward(batch[:, None], gamma, beta, eps)  # (m, 1)
+    # Eval mode: the stored statistics, whatever the rest of the batch.
+    evaluated = reference.batch_norm_inference(
+        np.array([[FIXED_EXAMPLE]]), np.array([RUNNING_MEAN]), np.array([RUNNING_VAR]),
+        gamma, beta, eps,
+    )  # (1, 1)
+    return float(train[0, 0]), float(evaluated[0, 0])
 
 
 def draw_train_vs_eval(fig: Figure, shift: float, batch_size: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from bnbook import reference
 from bnbook.figures.core import InteractiveFigure, Preset, Slider
 
 #: The raw batch of the transform explorer: its (biased) mean and standard deviation are set
@@ -33,10 +34,9 @@ def draw_transform(fig: Figure, gamma: float, beta: float, *, x: np.ndarray | No
         eps: ε inside the square root.
     """
     x = transform_batch() if x is None else np.asarray(x, dtype=np.float64)
-    mean = x.mean()
-    var = x.var()  # biased (÷m): what the layer normalises with
-    x_hat = (x - mean) / np.sqrt(var + eps)
-    y = gamma * x_hat + beta
+    # The package's forward pass on m examples of one feature: biased variance, as the layer.
+    out, cache = reference.batch_norm_forward(x[:, None], [gamma], [beta], eps)  # (m, 1)
+    x_hat, y = cache.x_hat[:, 0], out[:, 0]
     identity = np.allclose(y, x, atol=1e-4)
 
     axes = fig.subplots(3, 1, sharex=True)

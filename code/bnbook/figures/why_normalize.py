@@ -20,6 +20,7 @@ from bnbook.experiments import (
     saturation_stats,
     sigmoid,
     sigmoid_slope,
+    standardise,
 )
 from bnbook.figures.core import InteractiveFigure, Preset, Slider, Toggle
 
@@ -38,10 +39,6 @@ _CURVE = "#444444"
 _XLIM = 9.5  # the largest drift (6) plus the batch's widest reach (about 3)
 
 
-def _standardise(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    return (x - x.mean()) / np.sqrt(x.var() + eps)  # mean and biased variance over the batch
-
-
 def draw_saturation(fig: Figure, drift: float, bn: bool) -> None:
     """A batch of pre-activations on a sigmoid (top) and on its slope (bottom).
 
@@ -52,7 +49,7 @@ def draw_saturation(fig: Figure, drift: float, bn: bool) -> None:
             batch is then drawn as a grey ghost.
     """
     raw = saturation_batch(drift)
-    x = _standardise(raw) if bn else raw
+    x = standardise(raw) if bn else raw
     fraction_flat, mean_slope = saturation_stats(drift, bn)
     threshold = FLAT_FRACTION * float(sigmoid_slope(0.0))
     flat = sigmoid_slope(x) < threshold  # (m,) bool
