@@ -132,7 +132,6 @@ def recalibrate(
         )
     run = _default_forward if forward is None else forward
 
-    flags = [(m, m.training) for m in model.modules()]
     momenta = [bn.momentum for _, bn in layers]
     saved = [
         (bn.running_mean.clone(), bn.running_var.clone(),
@@ -140,32 +139,30 @@ def recalibrate(
         for _, bn in layers
     ]
     done = False
-    try:
-        model.eval()
-        for _, bn in layers:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average: batch k gets weight 1/k
-            bn.training = True  # this layer only: its children (none) and siblings stay in eval
-        count = 0
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-                count += 1
-        if count == 0:
-            raise ValueError("batches is empty: recalibrate needs at least one batch")
-        done = True
-    finally:
-        for (_, bn), momentum in zip(layers, momenta, strict=True):
-            bn.momentum = momentum
-        if not done:
+    with eval_mode(model):  # every module in eval (dropout off); all flags restored on exit
+        try:
+            for _, bn in layers:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average: batch k gets weight 1/k
+                bn.training = True  # this layer only; its siblings stay in eval
+            count = 0
             with torch.no_grad():
-                for (_, bn), (mean, var, count_before) in zip(layers, saved, strict=True):
-                    bn.running_mean.copy_(mean)
-                    bn.running_var.copy_(var)
-                    if count_before is not None:
-                        bn.num_batches_tracked.copy_(count_before)
-        for m, flag in flags:
-            m.training = flag
+                for batch in batches:
+                    run(model, batch)
+                    count += 1
+            if count == 0:
+                raise ValueError("batches is empty: recalibrate needs at least one batch")
+            done = True
+        finally:
+            for (_, bn), momentum in zip(layers, momenta, strict=True):
+                bn.momentum = momentum
+            if not done:
+                with torch.no_grad():
+                    for (_, bn), (mean, var, count_before) in zip(layers, saved, strict=True):
+                        bn.running_mean.copy_(mean)
+                        bn.running_var.copy_(var)
+                        if count_before is not None:
+                            bn.num_batches_tracked.copy_(count_before)
     return model
 
 
