@@ -1,5 +1,8 @@
 """The small computations and training runs the chapters report.
 
+Part I's live in this module; each later part has a module of its own in this package, and
+:mod:`bnbook.experiments.digits` holds the one data split and training loop they all share.
+
 Each function returns plain arrays, so a chapter can print them, assert on them and draw them,
 and the tests can check them against an independent computation.
 
