@@ -7,6 +7,14 @@ factory is re-exported here, so ``figures.saturation_explorer()`` works after
 """
 
 from bnbook.figures.backprop import backward_graph_stepper, upstream_blend_explorer
+from bnbook.figures.bn_training import (
+    activations_explorer,
+    batch_noise_explorer,
+    init_explorer,
+    lr_explorer,
+    regularisation_explorer,
+    steps_to_target_explorer,
+)
 from bnbook.figures.core import Control, DrawFn, InteractiveFigure, Preset, Slider, Toggle
 from bnbook.figures.train_inference import train_vs_eval_explorer
 from bnbook.figures.transform import (
@@ -16,6 +24,7 @@ from bnbook.figures.transform import (
     transform_batch,
     transform_explorer,
 )
+from bnbook.figures.why_bn_works import gradient_explosion_explorer, stability_explorer
 from bnbook.figures.why_normalize import runaway_bias_explorer, saturation_explorer
 
 __all__ = [
@@ -27,10 +36,18 @@ __all__ = [
     "Preset",
     "Slider",
     "Toggle",
+    "activations_explorer",
     "backward_graph_stepper",
+    "batch_noise_explorer",
     "draw_transform",
+    "gradient_explosion_explorer",
+    "init_explorer",
+    "lr_explorer",
+    "regularisation_explorer",
     "runaway_bias_explorer",
     "saturation_explorer",
+    "stability_explorer",
+    "steps_to_target_explorer",
     "train_vs_eval_explorer",
     "transform_batch",
     "transform_explorer",
