@@ -17,6 +17,11 @@ What is measured, each contender side by side in ONE process:
 Machine noise (other processes, frequency changes) hits the contenders alike because their
 calls are interleaved A, B, A, B, ...; each row reports the median and the 10th/90th percentiles
 of many timed calls taken after a warm-up. The thread count is fixed and recorded.
+
+Every row records the git commit it measured (and whether the work tree had uncommitted
+changes) and the UTC date it was measured on, so a reader can tell which code a number
+describes. With ``--skip-book`` the book row of the previous results file is kept as it was,
+with its own commit and date (marked ``carried_over``).
 """
 
 from __future__ import annotations
@@ -184,6 +189,47 @@ def book_row() -> dict:
     return {"name": "jupyter-book build (clean, then cached rebuild)", "book": timings}
 
 
+def provenance() -> dict:
+    """The code being measured: git commit, uncommitted changes, and the UTC date now."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                                  text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def stamped(row: dict) -> dict:
+    """``row`` with the commit, dirty flag and UTC date of this measurement added."""
+    return {**row, **provenance()}
+
+
+def previous_book_row(path: Path) -> dict | None:
+    """The book row of an earlier results file, with its own commit and date, if any."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for row in old.get("rows", []):
+        if "book" in row:
+            return {
+                **row,
+                "commit": row.get("commit"),
+                "date_utc": row.get("date_utc") or old.get("machine", {}).get("date_utc"),
+                "carried_over": True,
+            }
+    return None
+
+
 def machine_info() -> dict:
     model = platform.processor() or "unknown"
     try:
@@ -247,14 +293,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = torch_rows(args.repeats, args.warmup)
-    rows.append(numpy_row(args.repeats, args.warmup))
+    rows = [stamped(row) for row in torch_rows(args.repeats, args.warmup)]
+    rows.append(stamped(numpy_row(args.repeats, args.warmup)))
     if not args.skip_book:
-        rows.append(book_row())
+        rows.append(stamped(book_row()))
+    elif (kept := previous_book_row(args.output)) is not None:
+        rows.append(kept)
     output = args.output.resolve()
     shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
-    results = {"machine": machine_info(), "settings": vars(args) | {"output": str(shown)},
-               "rows": rows}
+    results = {"machine": machine_info(), "provenance": provenance(),
+               "settings": vars(args) | {"output": str(shown)}, "rows": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))

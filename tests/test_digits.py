@@ -43,7 +43,7 @@ def test_mlp_layers_and_init() -> None:
     assert kinds == ["Linear", "BatchNorm1d", "Sigmoid", "Linear", "BatchNorm1d", "Sigmoid",
                      "Linear"]
     assert all(float(m.bias.detach().abs().max()) == 0.0 for m in net if isinstance(m, nn.Linear))
-    assert abs(float(net[0].weight.std()) - 0.5) < 0.05
+    assert abs(float(net[0].weight.detach().std()) - 0.5) < 0.05
     with pytest.raises(ValueError, match="widths"):
         digits.mlp([64])
 

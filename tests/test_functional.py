@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnbook import functional as bnF
 from bnbook.functional import batch_norm
+from bnbook.validation import BatchNormArgumentError
 
 SHAPES = [(6, 3), (4, 3, 5), (3, 2, 4, 3), (2, 3, 2, 3, 2)]
 
@@ -61,28 +63,7 @@ def test_matches_torch_float64(shape, affine, training, stats) -> None:
     _assert_close_or_none(ours[3], theirs[3], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("training", [True, False])
-def test_gradcheck(shape, training) -> None:
-    x, w, b, rm, rv = _inputs(shape, seed=2)
-    args = (x.requires_grad_(), rm, rv, w.requires_grad_(), b.requires_grad_())
-
-    # Running statistics are not updated here (momentum 0) so every call sees the same function.
-    def f(x_, rm_, rv_, w_, b_):
-        return batch_norm(x_, rm_, rv_, w_, b_, training=training, momentum=0.0)
-
-    assert torch.autograd.gradcheck(f, args)
-
-
-def test_double_backward_is_refused_clearly() -> None:
-    """The backward is hand-written and marked once_differentiable: a second derivative raises
-    instead of silently returning a wrong (zero) answer, so gradgradcheck is not supported."""
-    x, w, b, _, _ = _inputs((4, 3, 2), seed=3)
-    x.requires_grad_()
-    y = batch_norm(x, None, None, w, b, training=True)
-    (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
+# Gradient checks of every order: see test_autodiff_* below.
 
 
 def test_large_mean_keeps_its_variance() -> None:
@@ -200,8 +181,13 @@ def _bad_calls():
     yield "one of two stats", dict(
         input=x, running_mean=None, running_var=torch.ones(3), training=True
     ), "running_mean"
-    yield "eps", dict(input=x, eps=0.0, training=True, **ok), "eps"
-    yield "momentum", dict(input=x, momentum=2.0, training=True, **ok), "momentum"
+    yield "eps", dict(input=x, eps=0.0, training=True, **ok), "batch_norm eps"
+    yield "momentum nan", dict(input=x, momentum=float("nan"), training=True, **ok), "momentum"
+    # A device mismatch is found before the running statistics are updated (the meta device
+    # stands in for a GPU on a CPU-only machine).
+    yield "device", dict(input=x, bias=torch.zeros(3, device="meta"), training=True, **ok), (
+        "Tensor on device meta"
+    )
     yield "one value per channel", dict(
         input=torch.randn(1, 3), training=True, **ok
     ), "Expected more than 1 value per channel when training, got input size"
@@ -209,13 +195,25 @@ def _bad_calls():
 
 @pytest.mark.parametrize(("case", "kwargs", "message"), list(_bad_calls()))
 def test_bad_arguments(case, kwargs, message) -> None:
+    """Every bad call raises an error that is both a ValueError and a RuntimeError (torch raises
+    one or the other), names the argument, and leaves the running statistics untouched."""
     rm, rv = kwargs.get("running_mean"), kwargs.get("running_var")
     before = [None if t is None else t.clone() for t in (rm, rv)]
-    with pytest.raises(ValueError, match=rf"^{message}"):
+    with pytest.raises(BatchNormArgumentError, match=rf"^{message}") as info:
         batch_norm(**kwargs)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, RuntimeError)
     # Nothing was touched before the error.
     for t, t0 in zip((rm, rv), before, strict=True):
         assert t is None or torch.equal(t, t0), case
+
+
+def test_wrong_size_is_caught_as_torch_users_catch_it() -> None:
+    """torch raises RuntimeError for a wrong-size running_mean; an `except RuntimeError`
+    written for torch catches ours too (the old ValueError slipped through)."""
+    x, rm = torch.randn(4, 3), torch.zeros(4)
+    for fn in (F.batch_norm, batch_norm):
+        with pytest.raises(RuntimeError, match="running_mean should contain 3 elements"):
+            fn(x, rm, torch.ones(3))
 
 
 def test_one_value_per_channel_message_matches_torch() -> None:
@@ -225,3 +223,271 @@ def test_one_value_per_channel_message_matches_torch() -> None:
     with pytest.raises(ValueError) as ours:
         batch_norm(x, None, None, training=True)
     assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("momentum", [1.5, -0.5, 0.0, 1.0])
+def test_momentum_outside_unit_interval_is_accepted_as_torch_does(momentum) -> None:
+    x, w, b, rm, rv = _inputs((6, 3, 2), seed=11)
+    dy = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    ours = _run(batch_norm, x, w, b, rm, rv, dy, True, momentum=momentum)
+    theirs = _run(F.batch_norm, x, w, b, rm, rv, dy, True, momentum=momentum)
+    torch.testing.assert_close(ours[2], theirs[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[3], theirs[3], rtol=1e-12, atol=1e-12)
+
+
+# -- every kind of differentiation ---------------------------------------------------------------
+
+AUTODIFF_CASES = [
+    pytest.param(shape, training, affine, id=f"{len(shape)}d-{'train' if training else 'eval'}-"
+                 f"{'affine' if affine else 'plain'}")
+    for shape in [(5, 3), (3, 2, 3, 2)]
+    for training in (True, False)
+    for affine in (True, False)
+]
+
+
+def _autodiff_setup(shape, training, affine, seed=2):
+    """A float64 function of (x, weight, bias) or of x alone, with fixed running statistics.
+
+    momentum=0 keeps the running statistics fixed, so every call sees the same function."""
+    x, w, b, rm, rv = _inputs(shape, seed=seed)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_()) if affine else (
+        x.requires_grad_(),)
+
+    def f(x_, w_=None, b_=None):
+        return batch_norm(x_, rm, rv, w_, b_, training=training, momentum=0.0)
+
+    def f_torch(x_, w_=None, b_=None):
+        return F.batch_norm(x_, rm, rv, w_, b_, training=training, momentum=0.0)
+
+    return f, f_torch, args
+
+
+@pytest.mark.parametrize(("shape", "training", "affine"), AUTODIFF_CASES)
+def test_autodiff_gradcheck_forward_and_batched(shape, training, affine) -> None:
+    """First derivatives: reverse mode, forward mode (the hand-written jvp) and both batched
+    (the generated vmap rule), against finite differences."""
+    f, _, args = _autodiff_setup(shape, training, affine)
+    assert torch.autograd.gradcheck(
+        f, args, check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True
+    )
+
+
+@pytest.mark.parametrize(("shape", "training", "affine"), AUTODIFF_CASES)
+def test_autodiff_gradgradcheck(shape, training, affine) -> None:
+    """Second derivatives through the hand-written backward (reverse over reverse, forward over
+    reverse, batched), against finite differences of the first derivative."""
+    f, _, args = _autodiff_setup(shape, training, affine)
+    assert torch.autograd.gradgradcheck(
+        f, args, check_batched_grad=True, check_fwd_over_rev=True, check_rev_over_rev=True
+    )
+
+
+def test_autodiff_across_several_blocks(monkeypatch) -> None:
+    """The blocked reductions (several blocks of rows, then a sum of block sums) are
+    differentiable twice too: force blocks of one row on a small input."""
+    monkeypatch.setattr(bnF, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(bnF, "_MAX_BLOCKS", 4)
+    f, f_torch, args = _autodiff_setup((4, 2, 3), True, True, seed=13)
+    assert len(list(bnF._blocks(args[0]))) == 4
+    assert torch.autograd.gradcheck(f, args, check_forward_ad=True, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(f, args)
+    torch.testing.assert_close(f(*args), f_torch(*args), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_hessian_matches_torch(training) -> None:
+    """torch.autograd.functional.hessian (double backward) and torch.func.hessian (forward over
+    reverse) through our layer equal torch's; the once-differentiable backward gave 0."""
+    x, w, b, rm, rv = _inputs((4, 3, 2), seed=14)
+
+    def loss(fn):
+        return lambda x_: (fn(x_, rm, rv, w, b, training, 0.0, 1e-5) ** 3).sum()
+
+    expected = torch.autograd.functional.hessian(loss(F.batch_norm), x)
+    assert expected.abs().max() > 1.0  # a Hessian worth comparing
+    got = torch.autograd.functional.hessian(loss(batch_norm), x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    got_func = torch.func.hessian(loss(batch_norm))(x)
+    torch.testing.assert_close(got_func, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_gradient_penalty_matches_torch() -> None:
+    """A WGAN-GP style penalty: the norm of d(output)/d(input), differentiated again."""
+    x, w, b, _, _ = _inputs((6, 3, 2), seed=15)
+
+    def penalty_grads(fn):
+        x_, w_ = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fn(x_, None, None, w_, b, True, 0.1, 1e-5)
+        (gx,) = torch.autograd.grad((y.sin()).sum(), x_, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), (x_, w_))
+
+    for a, t in zip(penalty_grads(batch_norm), penalty_grads(F.batch_norm), strict=True):
+        torch.testing.assert_close(a, t, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_mode_matches_torch(training) -> None:
+    x, w, b, rm, rv = _inputs((5, 3, 4), seed=16)
+    g = torch.Generator().manual_seed(17)
+    tx, tw, tb = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (x, w, b))
+
+    def fn(impl):
+        return lambda x_, w_, b_: impl(x_, rm, rv, w_, b_, training, 0.0, 1e-5)
+
+    _, expected = torch.func.jvp(fn(F.batch_norm), (x, w, b), (tx, tw, tb))
+    _, got = torch.func.jvp(fn(batch_norm), (x, w, b), (tx, tw, tb))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        y = batch_norm(fwAD.make_dual(x, tx), rm, rv, fwAD.make_dual(w, tw), b, training, 0.0)
+        tangent = fwAD.unpack_dual(y).tangent
+    _, expected_xw = torch.func.jvp(lambda x_, w_: F.batch_norm(
+        x_, rm, rv, w_, b, training, 0.0), (x, w), (tx, tw))
+    torch.testing.assert_close(tangent, expected_xw, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_matches_torch() -> None:
+    """torch.func.vmap over a stack of batches: each batch normalised on its own, as torch."""
+    g = torch.Generator().manual_seed(18)
+    xs = torch.randn(4, 5, 3, 2, generator=g, dtype=torch.float64)
+    w = torch.rand(3, generator=g, dtype=torch.float64)
+    rms = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    rvs = torch.rand(4, 3, generator=g, dtype=torch.float64) + 0.5
+
+    def run(fn, *args, in_dims):
+        return torch.func.vmap(fn, in_dims=in_dims)(*args)
+
+    for training in (True, False):
+        # Running statistics batched along the vmapped dim: updated per batch, as torch does.
+        stats = {}
+        for name, fn in (("ours", batch_norm), ("torch", F.batch_norm)):
+            rm, rv = rms.clone(), rvs.clone()
+            y = run(lambda x, a, v, fn=fn, training=training: fn(
+                x, a, v, w, None, training, 0.3, 1e-5), xs, rm, rv, in_dims=(0, 0, 0))
+            stats[name] = (y, rm, rv)
+        for a, t in zip(stats["ours"], stats["torch"], strict=True):
+            torch.testing.assert_close(a, t, rtol=1e-12, atol=1e-12)
+    # No running statistics in training; shared (unbatched) ones in eval.
+    for args in ((None, None, True), (rms[0], rvs[0], False)):
+        ours = run(lambda x, a=args: batch_norm(x, a[0], a[1], w, None, a[2]), xs, in_dims=0)
+        theirs = run(lambda x, a=args: F.batch_norm(x, a[0], a[1], w, None, a[2]), xs, in_dims=0)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_with_unbatched_running_stats_in_training_raises_like_torch() -> None:
+    """Shared running statistics cannot take one in-place update per vmapped batch: torch raises
+    a RuntimeError, and so do we, before writing anything."""
+    xs = torch.randn(4, 5, 3)
+    for fn in (F.batch_norm, batch_norm):
+        rm, rv = torch.zeros(3), torch.ones(3)
+        with pytest.raises(RuntimeError, match="batched|vmap"):
+            torch.func.vmap(lambda x, fn=fn, rm=rm, rv=rv: fn(x, rm, rv, training=True))(xs)
+        assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
+
+
+def test_torch_func_grad_updates_captured_running_stats_as_torch() -> None:
+    """Under torch.func.grad and jvp, running statistics captured by the function are updated in
+    place, as torch's kernel updates them (forward runs below those transforms)."""
+    x, _, _, rm0, rv0 = _inputs((5, 3), seed=23)
+    results = {}
+    for name, fn in (("ours", batch_norm), ("torch", F.batch_norm)):
+        rm, rv = rm0.clone(), rv0.clone()
+        g = torch.func.grad(lambda x_, fn=fn, rm=rm, rv=rv: (fn(x_, rm, rv, training=True) ** 3)
+                            .sum())(x)
+        results[name] = (g, rm, rv)
+    for a, t in zip(results["ours"], results["torch"], strict=True):
+        torch.testing.assert_close(a, t, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(results["ours"][1], rm0)
+
+
+def test_is_grads_batched_matches_torch() -> None:
+    x, w, b, _, _ = _inputs((5, 3, 2), seed=19)
+    dys = torch.randn(7, *x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def grads(fn):
+        x_, w_ = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fn(x_, None, None, w_, b, True, 0.1, 1e-5)
+        return torch.autograd.grad(y, (x_, w_), dys, is_grads_batched=True)
+
+    for a, t in zip(grads(batch_norm), grads(F.batch_norm), strict=True):
+        assert a.shape[0] == 7
+        torch.testing.assert_close(a, t, rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_gradients_with_torch_func_match_torch() -> None:
+    """vmap(grad(...)) over samples, each sample a batch of its own (no running statistics), as
+    torch.func's per-sample-gradient recipe requires for torch's BN too."""
+    g = torch.Generator().manual_seed(20)
+    xs = torch.randn(6, 4, 3, 2, generator=g, dtype=torch.float64)
+    targets = torch.randn(6, 4, 3, 2, generator=g, dtype=torch.float64)
+    params = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5,
+              torch.randn(3, generator=g, dtype=torch.float64))
+
+    def per_sample(fn):
+        def loss(p, x, t):
+            return ((fn(x, None, None, p[0], p[1], True, 0.1, 1e-5) - t) ** 2).mean()
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, xs, targets)
+
+    for a, t in zip(per_sample(batch_norm), per_sample(F.batch_norm), strict=True):
+        assert a.shape == (6, 3)
+        torch.testing.assert_close(a, t, rtol=1e-10, atol=1e-12)
+
+
+# -- empty batches and accuracy ------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 4, 4), (4, 3, 0), (0, 3, 2, 2, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_empty_batch_matches_torch(shape, training) -> None:
+    """An empty batch: empty output, running statistics untouched (not NaN), zero parameter
+    gradients (not NaN), exactly as torch."""
+    x, w, b, rm, rv = _inputs(shape, seed=21)
+    dy = torch.zeros(shape, dtype=torch.float64)
+    ours = _run(batch_norm, x, w, b, rm, rv, dy, training)
+    theirs = _run(F.batch_norm, x, w, b, rm, rv, dy, training)
+    assert ours[0].shape == theirs[0].shape == shape
+    assert torch.equal(ours[2], rm) and torch.equal(ours[3], rv)
+    for a, t in zip(ours[1], theirs[1], strict=True):
+        assert torch.equal(a, t), (a, t)
+    assert torch.equal(ours[1][1], torch.zeros(3, dtype=torch.float64))
+
+
+def test_empty_channels_last_batch_keeps_channels_last_gradients() -> None:
+    for n in (0, 2):
+        x = torch.randn(n, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+        results = {}
+        for name, fn in (("ours", batch_norm), ("torch", F.batch_norm)):
+            x_ = x.clone().requires_grad_()
+            w = torch.ones(3, requires_grad=True)
+            y = fn(x_, None, None, w, None, True, 0.1, 1e-5)
+            (gx,) = torch.autograd.grad(y, x_, torch.ones_like(y))
+            results[name] = (y.stride(), gx.stride())
+        assert results["ours"] == results["torch"], (n, results)
+        assert results["ours"][1] == x.stride()
+
+
+def test_float32_accuracy_at_imagenet_counts() -> None:
+    """16 x 224 x 224 = 802,816 values per channel, float32, against float64.
+
+    The variance once went through torch.linalg.vector_norm, which accumulates in order: the
+    output was off by 1.8e-4 relative (torch: 6.6e-8). Blocked cascade sums merged with Chan's
+    rule keep ours within a few 1e-7: measured 1.3e-7 for the output and 1.9e-7 for the input
+    gradient, where torch's own kernel gives 5.6e-8 and 1.5e-7 on the same data."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(16, 3, 224, 224, generator=g).mul_(2.0)
+    w, b = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
+    dy = torch.randn(x.shape, generator=g)
+    x64 = x.double().requires_grad_()
+    ref = F.batch_norm(x64, None, None, w.double(), b.double(), True)
+    (ref_dx,) = torch.autograd.grad(ref, x64, dy.double())
+    x32 = x.clone().requires_grad_()
+    y = batch_norm(x32, None, None, w, b, True)
+    (dx,) = torch.autograd.grad(y, x32, dy)
+
+    def rel(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max()).item()
+
+    assert rel(y, ref.detach()) <= 5e-7, rel(y, ref.detach())
+    assert rel(dx, ref_dx) <= 5e-7, rel(dx, ref_dx)

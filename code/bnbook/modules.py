@@ -1,17 +1,45 @@
-"""``BatchNorm1d/2d/3d`` from scratch, drop-in replacements for ``torch.nn``'s.
+"""``BatchNorm1d/2d/3d`` whose arithmetic is written from scratch, as torch's own layer classes.
 
-The structure follows ``torch/nn/modules/batchnorm.py`` so the two can be read side by side:
-:class:`_NormBase` owns the state (parameters, buffers, resetting, repr, loading old
-checkpoints), :class:`_BatchNorm` decides per call which statistics to use and how to average
-them and hands the arithmetic to :func:`bnbook.functional.batch_norm`, and the three public
-classes only say which input ranks they accept. Parameter and buffer names are torch's, so a
-``state_dict`` moves between these layers and ``torch.nn.BatchNormXd`` in both directions.
+Design. Each class here *is* a torch batch-norm layer: ``bnbook.modules.BatchNorm2d`` subclasses
+``torch.nn.BatchNorm2d`` (and so ``torch.nn.modules.batchnorm._BatchNorm``), keeps torch's state
+code (parameters, buffers, ``reset_running_stats``, ``extra_repr``, loading checkpoints that
+predate ``num_batches_tracked``) and replaces only ``forward``, whose arithmetic is
+:func:`bnbook.functional.batch_norm`, forward and backward written by hand. Subclassing rather
+than a look-alike class is what makes torch's own tools see our layers: a tool that asks
+``isinstance(m, _BatchNorm)`` or ``isinstance(m, nn.BatchNorm2d)`` gets True. The layout follows
+``torch/nn/modules/batchnorm.py`` so the two read side by side: :class:`_NormBase` (the state, here
+only argument checks on top of torch's), :class:`_BatchNorm` (which statistics, which averaging
+factor, then the functional) and the three public classes.
 
-Two deliberate differences, both about bad input. A channel count other than ``num_features``
-is a ValueError naming ``num_features`` (torch raises a RuntimeError about ``running_mean``, or
-nothing at all when the layer has neither parameters nor buffers). And every rejected batch
-leaves the state as it was, where torch has already incremented ``num_batches_tracked`` when it
-rejects a wrong channel count or a single value per channel in training.
+How torch's tools treat these layers (each is pinned by ``tests/test_interop.py``):
+
+* ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: converts them, state included, into torch's
+  ``SyncBatchNorm`` (whose arithmetic is then torch's).
+* ``torch.optim.swa_utils.update_bn``: recomputes their running statistics, as for torch's.
+* ``torch.func.replace_all_batch_norm_modules_`` and ``functional_call`` + ``vmap(grad(...))``
+  (per-sample gradients): work as with torch's layers, and fail where torch's fail (training with
+  tracked running statistics under ``vmap``).
+* ``torch.fx.symbolic_trace``: traces them. torch's layers are leaf modules of the trace; ours
+  are traced through, so the graph holds two calls, kept whole by ``torch.fx.wrap``: the input
+  check and one step of :func:`bnbook.functional.batch_norm` (with the batch count), buffers and
+  parameters as graph inputs. Like any traced Python ``if``, the graph keeps the
+  ``self.training`` branch taken at trace time: trace in the mode you will run it in.
+* ``torch.ao.quantization.fuse_modules``: picks its fuser by exact type, so it does not know our
+  classes; :func:`to_torch` turns them into torch's (same state) first. :func:`from_torch` goes
+  the other way.
+
+* ``torch.jit.script`` (deprecated in torch 2.13) refuses them: TorchScript cannot compile a
+  Python ``autograd.Function``. Use ``torch.fx``, or :func:`to_torch` before scripting.
+
+What remains different from ``torch.nn``, on purpose:
+
+* The numbers: the same formulas, evaluated by :mod:`bnbook.functional` (rounding-level
+  differences; torch's native kernel is faster).
+* Bad input: a channel count other than ``num_features`` is refused even when the layer has no
+  per-channel tensor (torch normalises any channel count then), with a
+  :class:`bnbook.validation.BatchNormArgumentError`, a ``RuntimeError`` as torch's error is and a
+  ``ValueError``. A rejected batch leaves the state as it was: torch has already incremented
+  ``num_batches_tracked`` when it rejects a single value per channel in training.
 """
 
 from __future__ import annotations
@@ -20,16 +48,68 @@ import operator
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.nn import Module, Parameter, init
+from torch import Tensor, nn
+from torch.nn.modules import batchnorm as _torch_bn
 
-from bnbook import functional as bnF
+from bnbook.functional import batch_norm
+from bnbook.validation import BatchNormArgumentError
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "from_torch", "to_torch"]
 
 
-class _NormBase(Module):
-    """State shared by the batch-norm layers: affine parameters and running statistics.
+def _check_input(input: Tensor, dims: tuple[int, ...], num_features: int) -> None:
+    """The layer's own checks: the rank it accepts (torch's message) and C == num_features."""
+    if input.dim() not in dims:
+        expected = " or ".join(f"{d}D" for d in dims)
+        raise ValueError(f"expected {expected} input (got {input.dim()}D input)")
+    if input.shape[1] != num_features:
+        raise BatchNormArgumentError(
+            f"expected input with num_features={num_features} channels in dim 1, "
+            f"got input of shape {tuple(input.shape)}"
+        )
+
+
+def _batch_norm_step(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_batch_stats: bool,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+) -> Tensor:
+    """One call of the functional, counting the batch in ``num_batches_tracked`` if given.
+
+    momentum=None means a cumulative average: batch k (counted) gets weight 1/k. The batch is
+    counted first, as torch counts it (under torch.func a captured counter then fails before
+    anything changed), and the count is taken back if the functional rejects the batch.
+    """
+    if num_batches_tracked is None:
+        factor = 0.0 if momentum is None else momentum
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps
+        )
+    num_batches_tracked.add_(1)
+    factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    try:
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps
+        )
+    except (ValueError, RuntimeError, TypeError):
+        num_batches_tracked.sub_(1)
+        raise
+
+
+# torch.fx records calls of these two functions instead of tracing into them: a traced graph
+# checks its input and counts its batches at run time, with the buffers as graph inputs.
+torch.fx.wrap("_check_input")
+torch.fx.wrap("_batch_norm_step")
+
+
+class _NormBase(_torch_bn._NormBase):
+    """torch's batch-norm state, with the constructor's arguments checked.
 
     Args:
         num_features: C, the number of channels (dim 1 of the input).
@@ -44,14 +124,6 @@ class _NormBase(Module):
         bias: with ``affine``, also learn ``bias`` (keyword-only, as in torch).
     """
 
-    # Version 2 added num_batches_tracked; loading a state_dict of an older version fills it.
-    _version = 2
-    num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-
     def __init__(
         self,
         num_features: int,
@@ -64,7 +136,7 @@ class _NormBase(Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
+        # torch accepts num_features=True or 2.5 here and fails later, or never.
         if isinstance(num_features, bool):
             raise TypeError("num_features must be an int, got bool")
         try:
@@ -75,113 +147,29 @@ class _NormBase(Module):
             ) from None
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        # Absent tensors are registered as None so the attribute exists and the state_dict keys
-        # match torch's exactly.
-        if affine:
-            self.weight = Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            # A counter, not a statistic: it stays int64 whatever dtype the layer has.
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """Forget the running statistics: mean 0, variance 1, no batches seen."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics and make the affine part the identity."""
-        self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        # Checkpoints written before version 2 have no counter. As torch does, keep the layer's
-        # own count (0 for a fresh layer) rather than failing a strict load.
-        if (version is None or version < 2) and self.track_running_stats:
-            if key not in state_dict:
-                own = self.num_batches_tracked
-                usable = own is not None and own.device != torch.device("meta")
-                state_dict[key] = own if usable else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
 
 
-class _BatchNorm(_NormBase):
+class _BatchNorm(_NormBase, _torch_bn._BatchNorm):
     """Batch normalisation over dim 1; the subclasses only fix which ranks are accepted."""
+
+    _input_dims: tuple[int, ...] = ()
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalise ``input`` per channel (see :func:`bnbook.functional.batch_norm`).
 
         Args:
-            input: shape (N, C, *spatial) with C == num_features.
+            input: shape (N, C, *spatial) with C == num_features and a rank the class accepts.
 
         Returns:
             The normalised tensor, shaped like ``input``.
         """
-        self._check_input_dim(input)
-        if input.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected input with num_features={self.num_features} channels in dim 1, "
-                f"got input of shape {tuple(input.shape)}"
-            )
-        # momentum=None means a cumulative average: batch k gets weight 1/k. The counter is
-        # advanced only after bnF.batch_norm has accepted the batch (it validates everything
-        # before touching the running statistics), so a rejected batch leaves no trace.
+        _check_input(input, self._input_dims, self.num_features)
         counting = (
             self.training and self.track_running_stats and self.num_batches_tracked is not None
         )
-        averaging_factor = 0.0 if self.momentum is None else self.momentum
-        if counting and self.momentum is None:
-            averaging_factor = 1.0 / float(self.num_batches_tracked + 1)
-
         # Batch statistics in training, and in eval when no running statistics are kept.
         use_batch_stats = self.training or (
             self.running_mean is None and self.running_var is None
@@ -189,49 +177,104 @@ class _BatchNorm(_NormBase):
         # Running statistics are passed when they are to be updated (training and tracked) or
         # used (eval); in training without tracking they must stay untouched.
         track = not self.training or self.track_running_stats
-        output = bnF.batch_norm(
+        return _batch_norm_step(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
             self.weight,
             self.bias,
             use_batch_stats,
-            averaging_factor,
+            self.momentum,
             self.eps,
+            self.num_batches_tracked if counting else None,
         )
-        if counting:
-            self.num_batches_tracked.add_(1)
-        return output
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Batch normalisation of (N, C) or (N, C, L) input, statistics per channel C.
 
-    Same arguments, parameters, buffers and state_dict keys as ``torch.nn.BatchNorm1d``.
+    A ``torch.nn.BatchNorm1d`` (same arguments, parameters, buffers, state_dict keys and repr)
+    whose forward is :func:`bnbook.functional.batch_norm`.
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+    _input_dims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Batch normalisation of (N, C, H, W) input, statistics per channel C.
 
-    Same arguments, parameters, buffers and state_dict keys as ``torch.nn.BatchNorm2d``.
+    A ``torch.nn.BatchNorm2d`` (same arguments, parameters, buffers, state_dict keys and repr)
+    whose forward is :func:`bnbook.functional.batch_norm`.
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    _input_dims = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """Batch normalisation of (N, C, D, H, W) input, statistics per channel C.
 
-    Same arguments, parameters, buffers and state_dict keys as ``torch.nn.BatchNorm3d``.
+    A ``torch.nn.BatchNorm3d`` (same arguments, parameters, buffers, state_dict keys and repr)
+    whose forward is :func:`bnbook.functional.batch_norm`.
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 5:
-            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+    _input_dims = (5,)
+
+
+# torch's class -> ours, and back. Only the three plain classes: SyncBatchNorm and the lazy
+# variants have no counterpart here.
+_OURS = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_TORCHS = {ours: theirs for theirs, ours in _OURS.items()}
+
+
+def _convert(module: nn.Module, mapping: dict[type, type]) -> nn.Module:
+    """Replace every module whose exact type is a key of ``mapping`` by the mapped class, with
+    the same arguments, parameters (the same Parameter objects), buffers, mode and hooks-free
+    state; recurse into children. Returns the replacement of ``module`` (itself if unmapped)."""
+    output = module
+    target = mapping.get(type(module))
+    if target is not None:
+        output = target(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            bias=module.bias is not None,
+            device="meta",  # no storage: every tensor is replaced by the module's own below
+        )
+        for name, param in module.named_parameters(recurse=False):
+            setattr(output, name, param)
+        for name, buf in module.named_buffers(recurse=False):
+            setattr(output, name, buf)
+        output.train(module.training)
+    for name, child in module.named_children():
+        output.add_module(name, _convert(child, mapping))
+    return output
+
+
+def from_torch(module: nn.Module) -> nn.Module:
+    """Swap every ``torch.nn.BatchNorm1d/2d/3d`` in ``module`` for ours, sharing its state.
+
+    Args:
+        module: a layer or a model; changed in place below the top level.
+
+    Returns:
+        ``module`` with its batch-norm layers replaced (a new object if ``module`` itself is one).
+        Parameters and buffers are the same tensor objects, so an optimizer keeps working.
+    """
+    return _convert(module, _OURS)
+
+
+def to_torch(module: nn.Module) -> nn.Module:
+    """Swap every bnbook batch-norm layer in ``module`` for torch's own class, sharing its state.
+
+    For tools that look layers up by exact type, such as
+    ``torch.ao.quantization.fuse_modules``, or to run torch's native kernel.
+
+    Args:
+        module: a layer or a model; changed in place below the top level.
+
+    Returns:
+        ``module`` with its batch-norm layers replaced (a new object if ``module`` itself is one).
+    """
+    return _convert(module, _TORCHS)

@@ -1,0 +1,221 @@
+"""bnbook.modules with torch's own tools: each test states what the tool does with our layers.
+
+Works: compared with the same tool on torch's layer. Raises: which error, and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
+from torch.optim.swa_utils import update_bn
+
+from bnbook import modules as bm
+from bnbook.inference import is_batch_norm
+from bnbook.validation import BatchNormArgumentError
+
+PAIRS = [
+    (bm.BatchNorm1d, nn.BatchNorm1d, (6, 3, 4)),
+    (bm.BatchNorm2d, nn.BatchNorm2d, (6, 3, 4, 4)),
+    (bm.BatchNorm3d, nn.BatchNorm3d, (6, 3, 2, 3, 2)),
+]
+
+
+def _models(ours_cls=bm.BatchNorm2d, theirs_cls=nn.BatchNorm2d, **kwargs):
+    """The same small conv net twice, with our batch norm and with torch's, equal weights."""
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(2, 3, 3).double(), ours_cls(3, dtype=torch.float64, **kwargs),
+                         nn.ReLU())
+    theirs = copy.deepcopy(ours)
+    theirs[1] = theirs_cls(3, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        ours[1].weight.uniform_(0.5, 1.5)
+        ours[1].bias.normal_()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _batches(n=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64) * 2 + 1 for _ in range(n)]
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module, subset: bool = False) -> None:
+    """Equal state_dicts; with ``subset``, ``a``'s keys may be a subset of ``b``'s."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() <= sb.keys() if subset else sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize(("ours_cls", "theirs_cls", "shape"), PAIRS)
+def test_layers_are_torch_batch_norm_layers(ours_cls, theirs_cls, shape) -> None:
+    layer = ours_cls(3)
+    assert isinstance(layer, nn.modules.batchnorm._BatchNorm)
+    assert isinstance(layer, theirs_cls)
+    assert is_batch_norm(layer)
+    assert repr(layer) == repr(theirs_cls(3))
+    # The forward is ours, not torch's: the arithmetic comes from bnbook.functional.
+    assert type(layer).forward is bm._BatchNorm.forward
+
+
+def test_convert_sync_batchnorm_converts_with_state() -> None:
+    """Works: torch's SyncBatchNorm replaces our layer, state included (its arithmetic is
+    then torch's). Eval outputs agree."""
+    ours, _ = _models()
+    for x in _batches():
+        ours(x)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ours))
+    assert type(converted[1]) is nn.SyncBatchNorm
+    _assert_same_state(converted, ours)
+    ours.eval()
+    converted.eval()
+    x = _batches(1, seed=2)[0]
+    torch.testing.assert_close(converted(x), ours(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_swa_update_bn_recomputes_running_stats_as_for_torch(momentum) -> None:
+    """Works: update_bn finds our layers (isinstance _BatchNorm), resets their statistics,
+    averages over the loader with momentum=None and restores momentum."""
+    ours, theirs = _models(momentum=momentum)
+    loader = _batches(4)
+    update_bn(loader, ours)
+    update_bn(loader, theirs)
+    _assert_same_state(ours, theirs)
+    assert ours[1].momentum == momentum
+    assert int(ours[1].num_batches_tracked) == 4
+
+
+def test_fuse_modules_needs_to_torch() -> None:
+    """Raises: fuse_modules looks its fuser up by exact type, (Conv2d, BatchNorm2d) from torch;
+    ours is a subclass, so it asserts. Works after bm.to_torch (same state, torch's class)."""
+    from torch.ao.quantization import fuse_modules
+
+    ours, _ = _models()
+    for x in _batches():
+        ours(x)
+    ours.eval()
+    with pytest.raises(AssertionError, match="did not find fuser method"):
+        fuse_modules(copy.deepcopy(ours), [["0", "1"]])
+    fused = fuse_modules(bm.to_torch(copy.deepcopy(ours)), [["0", "1"]])
+    assert isinstance(fused[1], nn.Identity)
+    x = _batches(1, seed=3)[0]
+    torch.testing.assert_close(fused(x), ours(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fx_symbolic_trace(training, momentum) -> None:
+    """Works: the traced graph calls our input check and one batch-norm step (buffers as graph
+    inputs); run in the mode it was traced in, it updates the same state as the module."""
+    ours, _ = _models(momentum=momentum)
+    ours.train(training)
+    traced_source = copy.deepcopy(ours)
+    traced = torch.fx.symbolic_trace(traced_source)
+    _assert_same_state(traced_source, ours)  # tracing itself changed nothing
+    targets = {n.target for n in traced.graph.nodes if n.op == "call_function"}
+    assert bm._batch_norm_step in targets and bm._check_input in targets
+    for x in _batches():
+        torch.testing.assert_close(traced(x), ours(x), rtol=1e-12, atol=1e-12)
+    # A graph traced in eval mode holds only the tensors it reads (no num_batches_tracked).
+    _assert_same_state(traced, ours, subset=not training)
+    # The traced graph still checks its input at run time.
+    checked = torch.fx.symbolic_trace(nn.Sequential(bm.BatchNorm2d(3)))
+    with pytest.raises(BatchNormArgumentError, match="num_features=3"):
+        checked(torch.randn(2, 4, 3, 3))
+
+
+def _per_sample_grads(model: nn.Module, xs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """torch.func's recipe: vmap over samples of grad of a functional_call, each sample a batch
+    of one example's two halves (so training-mode statistics are defined)."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p, x):
+        return functional_call(model, (p, buffers), (x,)).pow(2).sum()
+
+    return vmap(grad(loss), in_dims=(None, 0))(params, xs)
+
+
+def _samples() -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(5, 2, 2, 6, 6, generator=g, dtype=torch.float64)
+
+
+def test_torch_func_per_sample_grads_in_training_with_running_stats_raises_as_torch() -> None:
+    """Raises, as with torch's layer: a tracked layer in training updates captured buffers
+    (num_batches_tracked first), which torch.func.grad forbids."""
+    for model in _models():
+        model.train()
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(RuntimeError, match="mutate a captured Tensor"):
+            _per_sample_grads(model, _samples())
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("mode", ["eval", "replace_all_batch_norm_modules_",
+                                  "track_running_stats=False"])
+def test_torch_func_per_sample_grads_match_torch(mode) -> None:
+    """Works where torch's works: in eval mode, after replace_all_batch_norm_modules_ (which
+    finds our layers as _BatchNorm), or built without running statistics."""
+    kwargs = {"track_running_stats": False} if mode == "track_running_stats=False" else {}
+    ours, theirs = _models(**kwargs)
+    for model in (ours, theirs):
+        if mode == "eval":
+            model.eval()
+        elif mode == "replace_all_batch_norm_modules_":
+            replace_all_batch_norm_modules_(model)
+            assert model[1].running_mean is None and not model[1].track_running_stats
+    got, expected = _per_sample_grads(ours, _samples()), _per_sample_grads(theirs, _samples())
+    assert got.keys() == expected.keys()
+    for k in got:
+        assert got[k].shape[0] == 5
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_to_torch_and_from_torch_share_state() -> None:
+    """The converters swap classes and keep the very same Parameter and buffer objects (an
+    optimizer built before the swap keeps working); outputs agree."""
+    ours, _ = _models()
+    for x in _batches():
+        ours(x)
+    weight = ours[1].weight
+    as_torch = bm.to_torch(ours)
+    assert type(as_torch[1]) is nn.BatchNorm2d and as_torch[1].weight is weight
+    back = bm.from_torch(nn.Sequential(as_torch))
+    assert type(back[0][1]) is bm.BatchNorm2d and back[0][1].weight is weight
+    single = bm.from_torch(nn.BatchNorm1d(4, affine=False, momentum=None))
+    assert type(single) is bm.BatchNorm1d and single.weight is None and single.momentum is None
+    x = _batches(1, seed=5)[0]
+    reference = copy.deepcopy(back)
+    out = back(x)
+    torch.testing.assert_close(bm.to_torch(reference)(x), out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("ours_cls", "theirs_cls", "shape"), PAIRS)
+def test_state_dict_loads_both_ways_and_pickles(ours_cls, theirs_cls, shape) -> None:
+    ours, theirs = ours_cls(3), theirs_cls(3)
+    ours.train()
+    ours(torch.randn(shape) + 2)
+    theirs.load_state_dict(ours.state_dict())
+    _assert_same_state(theirs, ours)
+    theirs(torch.randn(shape))
+    ours.load_state_dict(theirs.state_dict())
+    _assert_same_state(ours, theirs)
+    clone = pickle.loads(pickle.dumps(ours))
+    assert type(clone) is ours_cls
+    _assert_same_state(clone, ours)
+
+
+def test_torch_jit_script_refuses() -> None:
+    """Raises: TorchScript (deprecated in torch 2.13) cannot compile a Python autograd.Function
+    or the Python our forward calls; torch's layer scripts. Use torch.fx or to_torch."""
+    torch.jit.script(nn.BatchNorm2d(3))
+    with pytest.raises(RuntimeError):
+        torch.jit.script(bm.BatchNorm2d(3))
