@@ -1,13 +1,14 @@
 """bnbook.kernels (Triton) against torch.nn.functional.batch_norm.
 
-On a machine without CUDA the kernels run in triton's interpreter (TRITON_INTERPRET=1, set by
-bnbook.kernels before triton is imported), on small shapes; with a GPU they run natively.
-Every case forces the tile size down (max_tile) so that the Chan merges across tiles and across
-split programs are exercised, not just a single tile.
+On a machine without CUDA the kernels run in triton's interpreter (chosen by
+bnbook.kernels.triton_bn itself, with no environment variable left set), on small shapes; with
+a GPU they run natively. Every case forces the tile size down (max_tile) so that the Chan merges
+across tiles and across split programs are exercised, not just a single tile.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,12 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnbook.kernels import configure_interpreter  # noqa: E402
+from bnbook.validation import BatchNormArgumentError
 
-configure_interpreter()  # before triton's first import: pytest.importorskip imports it
-pytest.importorskip("triton")
-
-from bnbook.kernels import triton_bn  # noqa: E402
+# Before any `import triton`: on a CPU-only machine triton_bn imports triton so that triton's own
+# library functions run in the interpreter.
+triton_bn = pytest.importorskip("bnbook.kernels.triton_bn")
 
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_bn.INTERPRET else "cpu"
 
@@ -143,22 +143,143 @@ def test_large_mean_float32_survives():
 
 
 def test_bad_input_raises_naming_the_argument():
+    """The shared validation's errors (tests/test_validation_parity.py compares every backend)."""
     x = torch.randn(4, 3, 5, device=DEVICE)
     c3 = torch.ones(3, device=DEVICE)
-    with pytest.raises(ValueError, match="input"):
+    with pytest.raises(BatchNormArgumentError, match="input"):
         triton_bn.batch_norm(torch.randn(5, device=DEVICE), None, None, training=True)
-    with pytest.raises(TypeError, match="input"):
-        triton_bn.batch_norm(x.double(), c3, c3)
-    with pytest.raises(ValueError, match="weight"):
+    with pytest.raises(BatchNormArgumentError, match="input must have dtype float16, bfloat16"):
+        triton_bn.batch_norm(x.double(), c3.double(), c3.double())
+    with pytest.raises(BatchNormArgumentError, match="weight should contain 3 elements"):
         triton_bn.batch_norm(x, c3, c3, weight=torch.ones(4, device=DEVICE))
-    with pytest.raises(ValueError, match="running_mean"):
+    with pytest.raises(BatchNormArgumentError, match="running_mean"):
         triton_bn.batch_norm(x, torch.ones(2, device=DEVICE), c3)
-    with pytest.raises(ValueError, match="running_mean"):
+    with pytest.raises(BatchNormArgumentError, match="running_mean"):
         triton_bn.batch_norm(x, None, None, training=False)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
+    with pytest.raises(BatchNormArgumentError, match="more than 1 value per channel"):
         triton_bn.batch_norm(torch.randn(1, 3, 1, device=DEVICE), c3, c3, training=True)
+    with pytest.raises(BatchNormArgumentError, match="eps must be positive during training"):
+        triton_bn.batch_norm(x, c3, c3, training=True, eps=0.0)  # accepted before the shared check
     with pytest.raises(ValueError, match="path"):
         triton_bn.batch_norm(x, c3, c3, path="fast")
+    with pytest.raises(ValueError, match="max_tile"):
+        triton_bn.batch_norm(x, c3, c3, max_tile=3)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (0, 3)])
+def test_empty_input_matches_torch(shape):
+    """Empty batches: an empty output, running statistics untouched, zero parameter gradients."""
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, device=DEVICE, requires_grad=True)
+    rm, rv = torch.randn(3, device=DEVICE), torch.rand(3, device=DEVICE) + 0.5
+    rm0, rv0 = rm.clone(), rv.clone()
+    y = triton_bn.batch_norm(x, rm, rv, w, b, True)
+    gx, gw, gb = torch.autograd.grad(y.sum(), (x, w, b))
+    ref_y = F.batch_norm(x, rm0.clone(), rv0.clone(), w, b, True)
+    ref = torch.autograd.grad(ref_y.sum(), (x, w, b))
+    assert y.shape == ref_y.shape == x.shape
+    torch.testing.assert_close(rm, rm0, rtol=0, atol=0)
+    torch.testing.assert_close(rv, rv0, rtol=0, atol=0)
+    for a, r in zip((gx, gw, gb), ref, strict=True):
+        assert torch.equal(a, r)
+    assert torch.equal(gw, torch.zeros(3, device=DEVICE))
+
+
+def _small(requires_grad=True):
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(4, 3, 5, generator=gen) * 2 + 1).to(DEVICE).requires_grad_(requires_grad)
+    w = (torch.rand(3, generator=gen) + 0.5).to(DEVICE).requires_grad_(requires_grad)
+    v = torch.randn(4, 3, 5, generator=gen).to(DEVICE)  # a fixed upstream weighting
+    return x, w, v
+
+
+def _bn(x, w):
+    return triton_bn.batch_norm(x, None, None, w, None, True, max_tile=8)
+
+
+def test_create_graph_first_order_still_matches_torch():
+    """create_graph=True is legal: the first-order gradients are the kernel's, exactly used."""
+    x, w, v = _small()
+    gx, gw = torch.autograd.grad((_bn(x, w) * v).sum(), (x, w), create_graph=True)
+    rx, rw = torch.autograd.grad((F.batch_norm(x, None, None, w, None, True) * v).sum(), (x, w))
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
+    assert gx.requires_grad  # tied to x, so that a second differentiation reaches the refusal
+
+
+@pytest.mark.parametrize("upstream", ["constant", "depends_on_x"])
+def test_double_backward_is_refused_not_zero(upstream):
+    """Grad of grad raises, whether or not the upstream gradient itself requires grad.
+
+    torch's once_differentiable only wraps the gradients when the *upstream gradient* requires
+    grad: with a constant upstream (loss = sum(y * v)) it would hand back gradients with no
+    graph, and a Hessian through BN would come out silently 0. The kernels' own wrapper ties the
+    gradients to x and weight too.
+    """
+    x, w, v = _small()
+    y = _bn(x, w)
+    loss = (y * v).sum() if upstream == "constant" else (y * y * v).sum()
+    gx, = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first-order backward only.*bnbook.functional"):
+        torch.autograd.grad((gx * gx).sum(), (x, w))
+
+
+def test_hessian_raises_instead_of_returning_zero():
+    x, w, v = _small(requires_grad=False)
+    # The true Hessian is not zero (torch's own BN, same function):
+    h = torch.autograd.functional.hessian(
+        lambda t: (F.batch_norm(t, None, None, w, None, True) * v).sum(), x)
+    assert h.abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="first-order backward only"):
+        torch.autograd.functional.hessian(lambda t: (_bn(t, w) * v).sum(), x)
+
+
+def test_forward_mode_ad_is_refused():
+    import torch.autograd.forward_ad as fwad
+
+    x, w, _ = _small(requires_grad=False)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(lambda t: _bn(t, w), (x,), (torch.ones_like(x),))
+    with fwad.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        _bn(fwad.make_dual(x, torch.ones_like(x)), w)
+
+
+def test_vmap_and_batched_gradients_are_refused():
+    x, w, _ = _small(requires_grad=False)
+    with pytest.raises(NotImplementedError, match="vmap"):
+        torch.func.vmap(lambda t: _bn(t, w))(x.unsqueeze(0).repeat(2, 1, 1, 1))
+    with pytest.raises(NotImplementedError, match="torch.func transforms"):
+        torch.func.grad(lambda t: (_bn(t, w) ** 2).sum())(x)
+    xg = x.clone().requires_grad_()
+    y = _bn(xg, w)
+    with pytest.raises(NotImplementedError, match="is_grads_batched"):
+        torch.autograd.grad(y, xg, torch.randn(2, *y.shape, device=DEVICE),
+                            is_grads_batched=True)
+
+
+def test_import_and_use_leave_the_environment_unchanged():
+    """No TRITON_INTERPRET, no TRITON_DEFAULT_FP_FUSION: not after import, not after a launch."""
+    script = textwrap.dedent("""
+        import json, os, warnings
+        warnings.simplefilter("error")  # triton's FP-fusion default warning would fail here
+        before = dict(os.environ)
+        import bnbook, bnbook.kernels
+        after_package = dict(os.environ)
+        from bnbook.kernels import triton_bn
+        import torch
+        y = triton_bn.batch_norm(torch.randn(3, 2, 4), None, None, training=True)
+        print(json.dumps(dict(package=after_package == before, module=dict(os.environ) == before,
+                              interpret=triton_bn.INTERPRET, finite=bool(y.isfinite().all()))))
+    """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == dict(package=True, module=True, interpret=not torch.cuda.is_available(),
+                          finite=True)
 
 
 def test_kernels_compile_for_sm90_with_the_real_compiler():

@@ -1,34 +1,60 @@
 """GPU kernels for Batch Normalization: Triton (``triton_bn``) and CUDA C++ (``cuda``).
 
-Nothing here imports triton until a kernel is first used, so ``import bnbook`` works on a
-machine without triton. On a machine without a CUDA device, the first use sets the environment
-variable ``TRITON_INTERPRET=1`` (unless it is already set) *before* triton is imported: triton
-then runs every kernel in its interpreter, on CPU tensors, one program after another. That is
-how the tests and the chapter run these kernels on the CPU; it is slow, so keep shapes small.
+Importing this package imports neither triton nor the CUDA extension, and it changes no
+environment variable: ``import bnbook.kernels`` leaves ``os.environ`` exactly as it was.
+
+Where the Triton kernels run is decided when ``bnbook.kernels.triton_bn`` is first imported
+(see :func:`interpreting`): natively on a CUDA device, or, on a machine without one, in triton's
+interpreter on CPU tensors (slow; keep shapes small). That choice is made per kernel; the one
+exception is triton's own library functions, which triton builds when it is imported: if
+bnbook imports triton first on a machine without CUDA, it sets ``TRITON_INTERPRET=1`` for the
+duration of that import, and of each launch of its interpreted kernels, and puts it back
+afterwards (:func:`interpreter_env`). To run *every* triton kernel in the process
+interpreted, ask for it explicitly with :func:`configure_interpreter` before triton's first
+import, or set ``TRITON_INTERPRET=1`` yourself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers only: importing triton_bn imports triton
     import torch
 
-__all__ = ["batch_norm", "batch_norm_cuda", "configure_interpreter"]
+__all__ = ["batch_norm", "batch_norm_cuda", "configure_interpreter", "interpreting"]
 
-# Triton 3.9 warns that its default for fusing a*b+c into one FMA changes in 3.10. The kernels
-# were written and tested with fusion on; say so, so every later triton behaves the same.
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+_FALSE = ("", "0", "false", "off", "no")
+
+
+def interpreting() -> bool:
+    """Whether bnbook's Triton kernels run in triton's interpreter in this process.
+
+    An explicit ``TRITON_INTERPRET`` in the environment wins (``1`` interprets, ``0`` compiles,
+    as in triton itself); without one, the kernels are interpreted exactly when torch sees no
+    CUDA device. Nothing is written to the environment.
+
+    Returns:
+        True if the kernels will be (or were) built as interpreted functions.
+    """
+    value = os.environ.get("TRITON_INTERPRET")
+    if value is not None:
+        return value.strip().lower() not in _FALSE
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def configure_interpreter() -> bool:
-    """Set ``TRITON_INTERPRET=1`` on a machine without CUDA, unless the variable is already set.
+    """Opt in: set ``TRITON_INTERPRET=1`` for the whole process on a machine without CUDA.
 
-    It must run before triton is first imported, anywhere in the process: triton decides at
-    import (and at each ``@triton.jit``) whether functions are compiled or interpreted. The
-    kernels call it themselves; call it yourself if you import triton before using them.
+    Only for code that runs triton kernels of its own on the CPU: bnbook's kernels do not need
+    it (see :func:`interpreting`). It must run before triton is first imported, anywhere in the
+    process, because triton reads the variable when each ``@triton.jit`` function is defined.
+    An existing ``TRITON_INTERPRET`` is left as it is.
 
     Returns:
         True if triton will interpret kernels in this process.
@@ -40,10 +66,65 @@ def configure_interpreter() -> bool:
 
     if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
         if "triton" in sys.modules:
-            raise RuntimeError("triton was imported before bnbook.kernels on a machine without "
-                               "CUDA; set TRITON_INTERPRET=1 before importing triton")
+            raise RuntimeError("triton was imported before configure_interpreter() on a machine "
+                               "without CUDA; set TRITON_INTERPRET=1 before importing triton")
         os.environ["TRITON_INTERPRET"] = "1"
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreting()
+
+
+@contextlib.contextmanager
+def interpreter_env(active: bool) -> Iterator[None]:
+    """Within the block, ``TRITON_INTERPRET=1`` if ``active``; afterwards, as it was.
+
+    triton consults the variable not only when a kernel is defined but also when it imports some
+    of its own modules lazily during a launch; bnbook therefore sets it around its own imports
+    and launches of interpreted kernels, and never leaves it set.
+
+    Args:
+        active: whether to set the variable (False: a no-op).
+    """
+    saved = os.environ.get("TRITON_INTERPRET")
+    if active:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if active:
+            if saved is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = saved
+
+
+def import_triton(interpret: bool) -> Any:
+    """Import triton so that its own library functions can be interpreted if ``interpret``.
+
+    triton builds its library functions (``tl.zeros``, ``tl.sum``, ...) at import, compiled or
+    interpreted as ``TRITON_INTERPRET`` says at that moment; the import runs inside
+    :func:`interpreter_env`, so the environment is unchanged afterwards.
+
+    Args:
+        interpret: whether bnbook's kernels will be interpreted (:func:`interpreting`).
+
+    Returns:
+        The triton module.
+
+    Raises:
+        RuntimeError: ``interpret`` is set but triton was already imported uninterpreted, so its
+            library functions cannot run in the interpreter.
+    """
+    with interpreter_env(interpret and "triton" not in sys.modules):
+        import triton
+        import triton.language
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(triton.language.standard.zeros, InterpretedFunction):
+            raise RuntimeError(
+                "bnbook's Triton kernels must run in triton's interpreter here (no CUDA device), "
+                "but triton was imported earlier without it; import bnbook.kernels.triton_bn "
+                "before triton, or set TRITON_INTERPRET=1 before importing triton")
+    return triton
 
 
 def batch_norm(

@@ -2,8 +2,10 @@
 
 ``load()`` compiles csrc/batch_norm.cu and its thin binding csrc/batch_norm_binding.cpp with
 ``torch.utils.cpp_extension.load`` (nvcc and a CUDA build of torch required) and caches the
-module; ``batch_norm_cuda`` has the contract of ``torch.nn.functional.batch_norm``. On a machine
-without CUDA both raise a RuntimeError saying so.
+module; ``batch_norm_cuda`` has the contract of ``torch.nn.functional.batch_norm``. This module
+imports neither triton nor the extension: the arguments are checked (``bnbook.validation``)
+before a GPU is needed, so a bad call fails the same way on every machine, and a good call on a
+machine without CUDA raises a ``BatchNormArgumentError`` saying so.
 """
 
 from __future__ import annotations
@@ -13,8 +15,20 @@ from typing import Any
 
 import torch
 
+from ..validation import BatchNormArgumentError, check_batch_norm_args
+from .layout import Geometry, as_layout, dense
+from .limits import check_plain, first_order_only, refuse
+
+__all__ = ["CudaBatchNorm", "batch_norm_cuda", "load", "n_splits"]
+
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "batch_norm_binding.cpp", CSRC / "batch_norm.cu")
+BACKEND = "bnbook.kernels.cuda"
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # the kernels' input dtypes
+MAX_SPLITS = 65535  # gridDim.y's limit; the kernels grid-stride anyway, this keeps grids sane
+
+# Must match batch_norm.cu: threads per block, elements per thread per tile, rows per block.
+_THREADS, _TILE, _ROWS_C, _LANES_C = 256, 8, 8, 32
 
 _module: Any = None
 
@@ -27,6 +41,9 @@ def load(verbose: bool = False) -> Any:
 
     Returns:
         The extension module, with ``forward`` and ``backward``.
+
+    Raises:
+        RuntimeError: this machine has no CUDA device.
     """
     global _module
     if _module is not None:
@@ -43,74 +60,106 @@ def load(verbose: bool = False) -> Any:
     return _module
 
 
-def _splits(g: Any, device: torch.device) -> int:
-    """Splits of the reduction so that about 4 blocks per SM run."""
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    if g.ss == 1:  # S-inner: one block per (channel, slice of planes)
-        return max(1, min(g.B, -(-4 * n_sm // g.C)))
-    return max(1, min(-(-g.S // 64), -(-4 * n_sm // -(-g.C // 32))))  # C-inner
+def n_splits(g: Geometry, n_sm: int) -> int:
+    """Splits of each channel's reduction: about 4 blocks per SM, each with a few tiles of work.
+
+    Args:
+        g: the (B, C, S) view.
+        n_sm: the GPU's multiprocessor count.
+
+    Returns:
+        A split count in [1, MAX_SPLITS], never more than there is work for.
+    """
+    if g.ss == 1:  # S-inner: blocks of (channel, split); a split is >= one tile per thread
+        work, blocks = -(-g.per_channel // (_THREADS * _TILE)), g.C
+    else:  # C-inner: blocks of (32 channels, split); a split is >= one tile per row of threads
+        work, blocks = -(-g.S // (_ROWS_C * _TILE)), -(-g.C // _LANES_C)
+    return max(1, min(work, -(-4 * n_sm // blocks), MAX_SPLITS))
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 class CudaBatchNorm(torch.autograd.Function):
-    """Forward and backward through the CUDA C++ kernels."""
+    """Forward and backward through the CUDA C++ kernels (first order; see kernels.limits)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, running_mean: torch.Tensor | None,
+        x: torch.Tensor, running_mean: torch.Tensor | None,
         running_var: torch.Tensor | None, weight: torch.Tensor | None,
         bias: torch.Tensor | None, training: bool, momentum: float, eps: float,
-    ) -> torch.Tensor:
-        from .triton_bn import geometry
-
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_plain(BACKEND, x, running_mean, running_var, weight, bias)
+        c = x.shape[1]
+        stats = torch.zeros((3, c), device=x.device, dtype=torch.float32)
+        if x.numel() == 0:  # as torch: empty output, running statistics left alone
+            return torch.empty_like(x), stats[0], stats[2]
         ext = load()
-        g = geometry(x)
-        if g is None:
-            x = x.contiguous()
-            g = geometry(x)
-            assert g is not None
-        c = g.C
-        n_splits = _splits(g, x.device) if training else 1
+        x, g = dense(x)
+        splits = n_splits(g, _sm_count(x.device)) if training else 1
         # The .cu works on float32 running statistics; other dtypes go through a copy.
         rm, rv = _f32(running_mean), _f32(running_var)
         y = torch.empty_like(x)
-        stats = torch.empty((3, c), device=x.device, dtype=torch.float32)
-        workspace = torch.empty(3 * n_splits * c, device=x.device, dtype=torch.float32)
+        workspace = torch.empty(3 * splits * c, device=x.device, dtype=torch.float32)
         view = [g.B, g.C, g.S, g.sb, g.sc, g.ss]
         ext.forward(x, y, _f32(weight), _f32(bias), rm, rv, stats[0], stats[1], stats[2],
-                    workspace, view, n_splits, training, momentum, eps,
-                    torch.cuda.current_stream(x.device).cuda_stream)
-        if training and running_mean is not None and rm is not None and rv is not None:
-            if rm.data_ptr() != running_mean.data_ptr():
+                    workspace, view, splits, training, momentum, eps)
+        if training and running_mean is not None and running_var is not None:
+            if rm is not None and rm.data_ptr() != running_mean.data_ptr():
                 running_mean.copy_(rm)
-            if running_var is not None and rv.data_ptr() != running_var.data_ptr():
+            if rv is not None and rv.data_ptr() != running_var.data_ptr():
                 running_var.copy_(rv)
-        ctx.save_for_backward(x, weight, stats[0], stats[2])
-        ctx.view, ctx.n_splits, ctx.training = view, n_splits, training
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
+        return y, stats[0], stats[2]
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        from .triton_bn import _as_layout
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, _, _, weight, bias, training, _, _ = inputs
+        _, mean, inv_std = output
+        ctx.mark_non_differentiable(mean, inv_std)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.training = training
+        ctx.bias_like = None if bias is None else torch.empty((0,), dtype=bias.dtype)
 
-        ext = load()
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, inv_std = ctx.saved_tensors
-        dy = _as_layout(dy, x)
-        c = mean.numel()
-        dx = torch.empty_like(x)
-        grads = torch.empty((2, c), device=x.device, dtype=torch.float32)
-        n_splits = max(ctx.n_splits, 1)
-        workspace = torch.empty(2 * n_splits * c + 3 * c, device=x.device, dtype=torch.float32)
-        ext.backward(x, dy, dx, _f32(weight), mean, inv_std, grads[0], grads[1], workspace,
-                     ctx.view, n_splits, ctx.training,
-                     torch.cuda.current_stream(x.device).cuda_stream)
-        gw = grads[0].to(weight.dtype) if weight is not None else None
-        gb = grads[1].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
-        return dx, None, None, gw, gb, None, None, None
+        check_plain(BACKEND, x, weight, dy)
+        c = x.shape[1]
+        with torch.no_grad():
+            grads = torch.zeros((2, c), device=x.device, dtype=torch.float32)
+            if x.numel() == 0:  # torch gives zero (not NaN) parameter gradients here
+                dx = torch.zeros_like(x)
+            else:
+                ext = load()
+                xd, g = dense(x.detach())
+                splits = n_splits(g, _sm_count(xd.device))
+                dx = torch.empty_like(xd)
+                workspace = torch.empty(2 * splits * c + 3 * c, device=xd.device,
+                                        dtype=torch.float32)
+                ext.backward(xd, as_layout(dy.detach(), xd), dx, _f32(weight), mean, inv_std,
+                             grads[0], grads[1], workspace, [g.B, g.C, g.S, g.sb, g.sc, g.ss],
+                             splits, ctx.training)
+                dx = as_layout(dx, x)
+        need = ctx.needs_input_grad
+        gx = dx if need[0] else None
+        gw = grads[0].to(weight.dtype) if weight is not None and need[3] else None
+        has_b = ctx.bias_like is not None
+        gb = grads[1].to(ctx.bias_like.dtype) if has_b and need[4] else None
+        gx, gw, gb = first_order_only(BACKEND, (gx, gw, gb), (x, weight, dy))
+        return gx, None, None, gw, gb, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise refuse(BACKEND, "forward-mode AD (torch.autograd.forward_ad, torch.func.jvp)")
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, *args: Any) -> Any:
+        raise refuse(BACKEND, "torch.func.vmap (per-sample gradients, is_grads_batched)")
 
 
 def batch_norm_cuda(
@@ -125,6 +174,10 @@ def batch_norm_cuda(
 ) -> torch.Tensor:
     """Batch Normalization with the CUDA C++ kernels; contract of ``F.batch_norm``.
 
+    The arguments go through ``bnbook.validation.check_batch_norm_args`` first, exactly as in
+    :func:`bnbook.functional.batch_norm` and the Triton backend; then the input must be on a
+    CUDA device. Gradients are first order: double backward, forward-mode AD and vmap raise.
+
     Args:
         input: (N, C, *spatial) CUDA tensor, float32/float16/bfloat16, NCHW or channels_last.
         running_mean: (C,) running mean, updated in place when training (or None).
@@ -137,13 +190,19 @@ def batch_norm_cuda(
 
     Returns:
         The normalized tensor, same shape, dtype and memory format as ``input``.
-    """
-    if not torch.cuda.is_available():
-        load()  # raises the clear error
-    from .triton_bn import _validate
 
-    _validate(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    Raises:
+        BatchNormArgumentError: a wrong value (as ``bnbook.validation``), or an input that is
+            not on a CUDA device.
+        TypeError: a wrong type (as ``bnbook.validation``).
+    """
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, dtypes=DTYPES)
     if input.device.type != "cuda":
-        raise ValueError(f"input must be on a CUDA device, got {input.device}")
-    return CudaBatchNorm.apply(input, running_mean, running_var, weight, bias, bool(training),
-                               float(momentum), float(eps))
+        where = "" if torch.cuda.is_available() else " (this machine has none)"
+        raise BatchNormArgumentError(
+            f"bnbook.kernels.cuda needs a CUDA device{where}: input is on {input.device}. "
+            "bnbook.kernels.batch_norm runs the Triton kernels in triton's interpreter on the CPU")
+    y, _, _ = CudaBatchNorm.apply(input, running_mean, running_var, weight, bias, training,
+                                  float(momentum), float(eps))
+    return y

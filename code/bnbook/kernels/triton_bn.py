@@ -19,29 +19,44 @@ are written to move as few as they can:
 * Backward: the same two shapes, with the sums (sum dy, sum dy * (x - mean)) instead of the
   statistics.
 
-On a machine without CUDA, importing this module sets ``TRITON_INTERPRET=1`` (unless set) before
-triton is imported, so the kernels run on CPU tensors in triton's interpreter.
+Where the kernels run is decided once, at import, by ``bnbook.kernels.interpreting()``: compiled
+for the CUDA device, or, on a machine without one (or with ``TRITON_INTERPRET=1``), built as
+triton interpreter functions that run on CPU tensors. The decision is made per kernel here (see
+``_jit``), so no environment variable is set and other triton code in the process is unaffected.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import configure_interpreter
-
-# Before `import triton`: triton picks the interpreter at import and at each @triton.jit.
-INTERPRET = configure_interpreter()
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+from ..validation import BatchNormArgumentError, check_batch_norm_args
+from . import import_triton, interpreter_env, interpreting
+from .layout import Geometry, as_layout, dense, geometry
+from .limits import check_plain, first_order_only, refuse
 
 __all__ = ["batch_norm", "Geometry", "Plan", "geometry", "make_plan", "INTERPRET"]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BACKEND = "bnbook.kernels.triton_bn"
+INTERPRET = interpreting()
+triton = import_triton(INTERPRET)
+tl = triton.language
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # the kernels' input dtypes
+
+
+def _jit(fn: Any) -> Any:
+    """``triton.jit``, or triton's interpreter for this function only when INTERPRET is set.
+
+    triton itself chooses from the TRITON_INTERPRET variable; choosing here instead lets the
+    kernels run on a CPU-only machine without writing that variable for the whole process.
+    """
+    if INTERPRET:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(fn)
+    return triton.jit(fn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,7 +64,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@_jit
 def _tile(
     t,  # index of the tile among the n_s_tiles * ceil(B / BLOCK_B) tiles of a channel block
     c_offs,  # (BLOCK_C,) channel indices of this program
@@ -74,7 +89,7 @@ def _tile(
     return offs, mask, count.to(tl.float32)
 
 
-@triton.jit
+@_jit
 def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Chan et al.'s rule: merge (count, mean, M2) of two disjoint sets. No per-element work."""
     n = n_a + n_b
@@ -85,7 +100,7 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean, m2
 
 
-@triton.jit
+@_jit
 def _tile_stats(X, offs, mask, count, BLOCK_C: tl.constexpr):
     """Two-pass statistics of one tile, in float32 registers: (mean, M2), each (BLOCK_C,)."""
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)  # (BB, BC, BS)
@@ -95,7 +110,7 @@ def _tile_stats(X, offs, mask, count, BLOCK_C: tl.constexpr):
     return mean, m2
 
 
-@triton.jit
+@_jit
 def _walk_stats(
     X, c_offs, t0, t1, B, C, S, sb, sc, ss, n_s_tiles,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -112,7 +127,7 @@ def _walk_stats(
     return n, mean, m2
 
 
-@triton.jit
+@_jit
 def _finalize_channels(
     n, mean, m2, c_offs, C,
     RUNNING_MEAN, RUNNING_VAR, W, MEAN, SCALE, INVSTD,
@@ -146,7 +161,7 @@ def _finalize_channels(
     return mean, scale
 
 
-@triton.jit
+@_jit
 def _walk_normalize(
     X, Y, BIAS, c_offs, mean, scale, t0, t1, B, C, S, sb, sc, ss, n_s_tiles,
     HAS_B: tl.constexpr,
@@ -166,7 +181,7 @@ def _walk_normalize(
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_jit
 def _bn_fwd_fused_kernel(
     X,  # pointer to the input, strided (B, C, S)
     Y,  # pointer to the output, same strides
@@ -194,7 +209,7 @@ def _bn_fwd_fused_kernel(
                     n_s_tiles, HAS_B, BLOCK_B, BLOCK_C, BLOCK_S)
 
 
-@triton.jit
+@_jit
 def _bn_fwd_partial_stats_kernel(
     X,  # pointer to the input, strided (B, C, S)
     PART_N, PART_MEAN, PART_M2,  # (n_splits, C) float32 partial statistics
@@ -214,7 +229,7 @@ def _bn_fwd_partial_stats_kernel(
     tl.store(PART_M2 + split * C + c_offs, m2, mask=cm)
 
 
-@triton.jit
+@_jit
 def _bn_fwd_finalize_kernel(
     PART_N, PART_MEAN, PART_M2,  # (n_splits, C) partial statistics (unused in eval)
     RUNNING_MEAN, RUNNING_VAR, W,  # (C,) running statistics and weight
@@ -239,7 +254,7 @@ def _bn_fwd_finalize_kernel(
                        INVSTD, momentum, eps, TRAINING, HAS_RUNNING, HAS_W)
 
 
-@triton.jit
+@_jit
 def _bn_fwd_normalize_kernel(
     X, Y,  # pointers to input and output, strided (B, C, S)
     MEAN, SCALE, BIAS,  # (C,) per-channel mean, scale = w * inv_std, and bias
@@ -258,7 +273,7 @@ def _bn_fwd_normalize_kernel(
                     HAS_B, BLOCK_B, BLOCK_C, BLOCK_S)
 
 
-@triton.jit
+@_jit
 def _walk_grad_sums(
     X, DY, c_offs, mean, t0, t1, B, C, S, sb, sc, ss, n_s_tiles,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -278,7 +293,7 @@ def _walk_grad_sums(
     return sum_dy, sum_dy_xmu
 
 
-@triton.jit
+@_jit
 def _grad_coefficients(
     sum_dy, sum_dy_xmu, inv_std, c_offs, C, inv_n, W, DWEIGHT, DBIAS, store_limit,
     TRAINING: tl.constexpr, HAS_W: tl.constexpr,
@@ -303,7 +318,7 @@ def _grad_coefficients(
     return k, a, b
 
 
-@triton.jit
+@_jit
 def _walk_grad_input(
     X, DY, DX, c_offs, mean, k, a, b, t0, t1, B, C, S, sb, sc, ss, n_s_tiles,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -319,7 +334,7 @@ def _walk_grad_input(
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@_jit
 def _bn_bwd_fused_kernel(
     X, DY, DX,  # pointers to input, output gradient and input gradient, strided (B, C, S)
     MEAN, INVSTD, W,  # (C,) saved by the forward, and the weight
@@ -341,7 +356,7 @@ def _bn_bwd_fused_kernel(
                      n_s_tiles, BLOCK_B, BLOCK_C, BLOCK_S)
 
 
-@triton.jit
+@_jit
 def _bn_bwd_partial_sums_kernel(
     X, DY,  # pointers to input and output gradient, strided (B, C, S)
     MEAN,  # (C,) the mean used in the forward
@@ -362,7 +377,7 @@ def _bn_bwd_partial_sums_kernel(
     tl.store(PART_DY_XMU + split * C + c_offs, sum_dy_xmu, mask=cm)
 
 
-@triton.jit
+@_jit
 def _bn_bwd_grad_input_kernel(
     X, DY, DX,  # pointers to input, output gradient and input gradient
     MEAN, INVSTD, W,  # (C,) saved by the forward, and the weight
@@ -393,45 +408,8 @@ def _bn_bwd_grad_input_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Host side: the (B, C, S) view, the launch plan, the autograd wrapper.
+# Host side: the launch plan, the autograd wrapper. The (B, C, S) view lives in layout.py.
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """A tensor seen as a strided (B, C, S) array; strides in elements."""
-
-    B: int
-    C: int
-    S: int
-    sb: int
-    sc: int
-    ss: int
-
-    @property
-    def per_channel(self) -> int:
-        """Elements per channel, B * S."""
-        return self.B * self.S
-
-
-def geometry(x: torch.Tensor) -> Geometry | None:
-    """The (B, C, S) view of ``x``, or None when its strides fit neither layout.
-
-    Args:
-        x: a tensor of at least 2 dimensions, (N, C, *spatial).
-
-    Returns:
-        NCHW-contiguous: (N, C, prod(spatial)) with S contiguous. Channels-last or (N, C):
-        (1, C, N * prod(spatial)) with C contiguous. None otherwise (copy with .contiguous()).
-    """
-    n, c = x.shape[0], x.shape[1]
-    s = math.prod(x.shape[2:])
-    if x.is_contiguous() and s > 1:
-        return Geometry(n, c, s, c * s, s, 1)
-    channels_last = x.permute(0, *range(2, x.dim()), 1)  # (N, *spatial, C)
-    if channels_last.is_contiguous():  # also (N, C) contiguous
-        return Geometry(1, c, n * s, 0, 1, c)
-    return None
 
 
 @dataclass(frozen=True)
@@ -454,6 +432,17 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
+def _check_options(path: Any, max_tile: Any) -> None:
+    """The two backend options; raised before any kernel runs (ValueError, as they are ours)."""
+    if path not in ("auto", "fused", "split"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'split', got {path!r}")
+    if max_tile is not None and (
+        isinstance(max_tile, bool) or not isinstance(max_tile, int)
+        or max_tile < 1 or max_tile & (max_tile - 1)
+    ):
+        raise ValueError(f"max_tile must be a power of two >= 1 or None, got {max_tile!r}")
+
+
 def make_plan(
     g: Geometry,
     itemsize: int,
@@ -473,16 +462,13 @@ def make_plan(
     Returns:
         The launch plan.
     """
-    if path not in ("auto", "fused", "split"):
-        raise ValueError(f"path must be 'auto', 'fused' or 'split', got {path!r}")
+    _check_options(path, max_tile)
     if INTERPRET or device is None or device.type != "cuda":
         # The interpreter runs programs one after another: few, large programs are fastest.
         n_sm, tile = 4, 8192
     else:
         n_sm, tile = torch.cuda.get_device_properties(device).multi_processor_count, 4096
     if max_tile is not None:
-        if max_tile < 1 or max_tile & (max_tile - 1):
-            raise ValueError(f"max_tile must be a power of two >= 1, got {max_tile}")
         tile = max_tile
     if g.sc == 1:  # channels contiguous: blocks of channels, rows along S
         block_c = _pow2_at_most(g.C, min(64, tile))
@@ -512,63 +498,15 @@ def make_plan(
                 tiles_per_prog, num_warps)
 
 
-def _check_channel_vector(name: str, t: torch.Tensor | None, c: int, x: torch.Tensor) -> None:
-    if t is None:
-        return
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if t.shape != (c,):
-        raise ValueError(f"{name} must have shape ({c},) to match input's channels, "
-                         f"got {tuple(t.shape)}")
-    if not t.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
-
-
-def _validate(
-    x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, training: Any,
-    momentum: Any, eps: Any,
-) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"input must have at least 2 dimensions (N, C, ...), got shape "
-                         f"{tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"input must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"input must not be empty, got shape {tuple(x.shape)}")
-    c = x.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        _check_channel_vector(name, t, c, x)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be tensors or both be None")
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
-    if training and x.numel() // c <= 1:
-        raise ValueError(f"training needs more than 1 value per channel, got input of shape "
-                         f"{tuple(x.shape)}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    if not INTERPRET and x.device.type != "cuda":
-        raise ValueError(f"input must be on a CUDA device (or run with TRITON_INTERPRET=1), "
-                         f"got {x.device}")
-
-
-def _as_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` with the same strides as ``like`` (gradients may arrive in another layout)."""
-    if t.stride() == like.stride():
-        return t
-    return torch.empty_like(like).copy_(t)
-
-
 def _dummy(x: torch.Tensor) -> torch.Tensor:
     """A placeholder pointer for arguments a constexpr switch leaves unused."""
     return torch.empty(1, device=x.device, dtype=torch.float32)
+
+
+# Launch options of every kernel. Fusing a*b+c into one FMA is what the kernels were tested
+# with; saying so here (not through TRITON_DEFAULT_FP_FUSION) keeps it when triton's default
+# changes, and touches no environment variable.
+_LAUNCH: dict[str, Any] = dict(enable_fp_fusion=True)
 
 
 def _forward(
@@ -592,22 +530,22 @@ def _forward(
     if p.fused:
         _bn_fwd_fused_kernel[(p.n_cblocks,)](
             x, y, rm, rv, w, b, mean, scale, inv_std, *view, float(momentum), float(eps),
-            HAS_B=bias is not None, **flags, **blocks, num_warps=p.num_warps)
+            HAS_B=bias is not None, **flags, **blocks, num_warps=p.num_warps, **_LAUNCH)
         return y, mean, inv_std
     if training:
         part = torch.empty((3, p.n_splits, c), device=x.device, dtype=torch.float32)
         _bn_fwd_partial_stats_kernel[(p.n_cblocks, p.n_splits)](
             x, part[0], part[1], part[2], *view, p.tiles_per_prog, **blocks,
-            num_warps=p.num_warps)
+            num_warps=p.num_warps, **_LAUNCH)
     else:
         part = torch.empty((3, 1, 1), device=x.device, dtype=torch.float32)  # unused
     fin_block = _pow2_at_most(c, 1024)
     _bn_fwd_finalize_kernel[(triton.cdiv(c, fin_block),)](
         part[0], part[1], part[2], rm, rv, w, mean, scale, inv_std, c, part.shape[1],
-        float(momentum), float(eps), **flags, BLOCK=fin_block)
+        float(momentum), float(eps), **flags, BLOCK=fin_block, **_LAUNCH)
     _bn_fwd_normalize_kernel[(p.n_cblocks, p.n_splits)](
         x, y, mean, scale, b, *view, p.tiles_per_prog, HAS_B=bias is not None, **blocks,
-        num_warps=p.num_warps)
+        num_warps=p.num_warps, **_LAUNCH)
     return y, mean, inv_std
 
 
@@ -627,51 +565,83 @@ def _backward(
     if p.fused:
         _bn_bwd_fused_kernel[(p.n_cblocks,)](
             x, dy, dx, mean, inv_std, w, grads[0], grads[1], *view, inv_n, **flags, **blocks,
-            num_warps=p.num_warps)
+            num_warps=p.num_warps, **_LAUNCH)
         return dx, grads[0], grads[1]
     part = torch.empty((2, p.n_splits, c), device=x.device, dtype=torch.float32)
     _bn_bwd_partial_sums_kernel[(p.n_cblocks, p.n_splits)](
-        x, dy, mean, part[0], part[1], *view, p.tiles_per_prog, **blocks, num_warps=p.num_warps)
+        x, dy, mean, part[0], part[1], *view, p.tiles_per_prog, **blocks,
+        num_warps=p.num_warps, **_LAUNCH)
     _bn_bwd_grad_input_kernel[(p.n_cblocks, p.n_splits)](
         x, dy, dx, mean, inv_std, w, part[0], part[1], grads[0], grads[1], *view,
-        p.tiles_per_prog, p.n_splits, inv_n, **flags, **blocks, num_warps=p.num_warps)
+        p.tiles_per_prog, p.n_splits, inv_n, **flags, **blocks, num_warps=p.num_warps,
+        **_LAUNCH)
     return dx, grads[0], grads[1]
 
 
 class TritonBatchNorm(torch.autograd.Function):
-    """Forward and backward through the Triton kernels; saves (x, weight, mean, inv_std)."""
+    """Forward and backward through the Triton kernels.
+
+    Written with ``setup_context`` so that torch.func's transforms reach :meth:`vmap` and
+    :meth:`jvp`, which refuse with a clear error instead of a failure deep in a kernel launch.
+    The backward is first order: under ``create_graph=True`` its gradients still flow, but
+    differentiating them again raises (see ``bnbook.kernels.limits``).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, running_mean: torch.Tensor | None,
+        x: torch.Tensor, running_mean: torch.Tensor | None,
         running_var: torch.Tensor | None, weight: torch.Tensor | None,
         bias: torch.Tensor | None, training: bool, momentum: float, eps: float, path: str,
         max_tile: int | None,
-    ) -> torch.Tensor:
-        g = geometry(x)
-        if g is None:  # neither NCHW- nor channels-last-dense: make it NCHW
-            x = x.contiguous()
-            g = geometry(x)
-            assert g is not None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_plain(BACKEND, x, running_mean, running_var, weight, bias)
+        if x.numel() == 0:  # as torch: empty output, running statistics left alone
+            stats = torch.zeros((2, x.shape[1]), device=x.device, dtype=torch.float32)
+            return torch.empty_like(x), stats[0], stats[1]
+        x, g = dense(x)
         p = make_plan(g, x.element_size(), path, max_tile, x.device)
-        y, mean, inv_std = _forward(x, running_mean, running_var, weight, bias, training,
-                                    momentum, eps, g, p)
-        ctx.save_for_backward(x, weight, mean, inv_std)
-        ctx.geometry, ctx.plan, ctx.training = g, p, training
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
+        with interpreter_env(INTERPRET):
+            return _forward(x, running_mean, running_var, weight, bias, training, momentum,
+                            eps, g, p)
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, _, _, weight, bias, training, _, _, path, max_tile = inputs
+        _, mean, inv_std = output
+        ctx.mark_non_differentiable(mean, inv_std)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.training, ctx.path, ctx.max_tile = training, path, max_tile
+        ctx.bias_like = None if bias is None else torch.empty((0,), dtype=bias.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, inv_std = ctx.saved_tensors
-        dy = _as_layout(dy, x)
-        dx, dweight, dbias = _backward(x, dy, weight, mean, inv_std, ctx.training,
-                                       ctx.geometry, ctx.plan)
-        gw = dweight.to(weight.dtype) if weight is not None and ctx.needs_input_grad[3] else None
-        has_b = ctx.bias_dtype is not None
-        gb = dbias.to(ctx.bias_dtype) if has_b and ctx.needs_input_grad[4] else None
-        gx = dx if ctx.needs_input_grad[0] else None
+        check_plain(BACKEND, x, weight, dy)
+        with torch.no_grad(), interpreter_env(INTERPRET):
+            if x.numel() == 0:  # torch gives zero (not NaN) parameter gradients here
+                dx = torch.zeros_like(x)
+                dweight = dbias = torch.zeros(x.shape[1], device=x.device)
+            else:
+                xd, g = dense(x.detach())
+                p = make_plan(g, xd.element_size(), ctx.path, ctx.max_tile, xd.device)
+                dx, dweight, dbias = _backward(xd, as_layout(dy.detach(), xd), weight, mean,
+                                               inv_std, ctx.training, g, p)
+                dx = as_layout(dx, x)
+        need = ctx.needs_input_grad
+        gx = dx if need[0] else None
+        gw = dweight.to(weight.dtype) if weight is not None and need[3] else None
+        has_b = ctx.bias_like is not None
+        gb = dbias.to(ctx.bias_like.dtype) if has_b and need[4] else None
+        gx, gw, gb = first_order_only(BACKEND, (gx, gw, gb), (x, weight, dy))
         return gx, None, None, gw, gb, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise refuse(BACKEND, "forward-mode AD (torch.autograd.forward_ad, torch.func.jvp)")
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, *args: Any) -> Any:
+        raise refuse(BACKEND, "torch.func.vmap (per-sample gradients, is_grads_batched)")
 
 
 def batch_norm(
@@ -689,9 +659,15 @@ def batch_norm(
 ) -> torch.Tensor:
     """Batch Normalization with Triton kernels; the contract of ``torch.nn.functional.batch_norm``.
 
+    Arguments are checked by ``bnbook.validation.check_batch_norm_args``, the same check as
+    :func:`bnbook.functional.batch_norm` and the CUDA backend, before anything is read or
+    written; only the dtypes (no float64) and the device (CUDA, or the interpreter) are this
+    backend's own. Gradients are first order: double backward, forward-mode AD and vmap raise.
+
     Args:
         input: (N, C, *spatial) with 0 to 3 spatial dims, float32/float16/bfloat16, NCHW or
-            channels_last. Statistics and accumulation are float32 whatever the dtype.
+            channels_last. Statistics and accumulation are float32 whatever the dtype. An empty
+            input gives an empty output and leaves the running statistics alone.
         running_mean: (C,) running mean, updated in place when training (or None).
         running_var: (C,) running variance, updated in place with the unbiased batch variance.
         weight: (C,) scale (gamma) or None.
@@ -705,10 +681,24 @@ def batch_norm(
 
     Returns:
         The normalized tensor, same shape, dtype and memory format as ``input``.
+
+    Raises:
+        BatchNormArgumentError: a wrong value (shape, dtype, device, eps, ...), as
+            ``bnbook.validation`` says; also an input off CUDA when the kernels are compiled.
+        TypeError: a wrong type, as ``bnbook.validation`` says.
+        ValueError: a bad ``path`` or ``max_tile``.
     """
-    _validate(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    return TritonBatchNorm.apply(input, running_mean, running_var, weight, bias, bool(training),
-                                 float(momentum), float(eps), path, max_tile)
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, dtypes=DTYPES)
+    _check_options(path, max_tile)
+    if not INTERPRET and input.device.type != "cuda":
+        raise BatchNormArgumentError(
+            f"input must be on a CUDA device for the compiled Triton kernels, got {input.device} "
+            "(without a CUDA device, or with TRITON_INTERPRET=1, they run in triton's "
+            "interpreter on the CPU)")
+    y, _, _ = TritonBatchNorm.apply(input, running_mean, running_var, weight, bias, training,
+                                    float(momentum), float(eps), path, max_tile)
+    return y
 
 
 _KERNELS = {
@@ -764,6 +754,6 @@ def compile_for_gpu(
             else:
                 signature[arg] = "fp32" if arg in _FLOAT_SCALARS else "i32"
         src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=_LAUNCH)
         sizes[name] = len(compiled.asm["cubin"])
     return sizes

@@ -3,10 +3,18 @@
 // The same plan as the Triton kernels (bnbook/kernels/triton_bn.py), written by hand:
 //   * the input is a strided (B, C, S) view: "S-inner" (NCHW, S contiguous) or "C-inner"
 //     (channels_last and (N, C): B == 1, C contiguous, rows along S);
-//   * statistics: each thread keeps shifted sums (x - K, K = the channel's first element), turns
-//     them into (n, mean, M2) once, and threads, blocks and splits are merged with Chan's rule;
+//   * statistics: each thread loads a tile of kTile elements into registers, takes its mean and
+//     then the sum of squared deviations from that mean (two passes over registers, no memory
+//     traffic), and merges the tile into its running (n, mean, M2) with Chan's rule; threads,
+//     blocks and splits are merged with the same rule. There is no E[x^2] - E[x]^2, and no shift
+//     by one element either: both cancel when the spread is small against the distance to the
+//     mean (of the data, or of the shift);
 //   * normalise with a per-channel scale = weight * inv_std: no per-element division;
 //   * backward: the sums (dy, dy * (x - mean)), then dx = k * (dy - a - (x - mean) * b).
+//
+// Every kernel walks its work with grid-stride loops and every launch goes through grid_2d(), so
+// no grid dimension ever exceeds the hardware's limits (65,535 for y and z) however large
+// N * H * W is: a grid only sets how much runs at once, never what gets done.
 //
 // This file includes no torch header (raw pointers, float32 statistics), so it compiles with
 // nvcc alone; batch_norm_binding.cpp hands torch tensors to the two extern "C" entry points.
@@ -15,6 +23,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace {
@@ -22,6 +31,9 @@ namespace {
 constexpr int kThreads = 256;   // threads per block
 constexpr int kLanesC = 32;     // C-inner: channels per block (one warp wide: 128-byte loads)
 constexpr int kRowsC = kThreads / kLanesC;  // C-inner: rows walked at once by a block
+constexpr int kTile = 8;        // elements per thread per tile of the statistics
+constexpr int64_t kMaxGridX = 2147483647;   // gridDim.x limit (2^31 - 1)
+constexpr int64_t kMaxGridYZ = 65535;       // gridDim.y and gridDim.z limit
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -42,258 +54,331 @@ struct Moments {
 };
 
 __device__ __forceinline__ Moments chan_merge(Moments a, Moments b) {
-  Moments r;
-  r.n = a.n + b.n;
-  if (r.n == 0.f) return a;
+  const float n = a.n + b.n;
+  if (b.n == 0.f) return a;
+  if (a.n == 0.f) return b;
   const float delta = b.mean - a.mean;
-  const float frac_b = b.n / r.n;
-  r.mean = a.mean + delta * frac_b;
-  r.m2 = a.m2 + b.m2 + delta * delta * a.n * frac_b;
-  return r;
+  const float frac_b = b.n / n;
+  return Moments{n, a.mean + delta * frac_b, a.m2 + b.m2 + delta * delta * a.n * frac_b};
 }
 
-// Shifted sums -> moments: sum(d) and sum(d^2) with d = x - shift, shift near the mean, so the
-// subtraction sum(d^2) - sum(d)^2 / n does not cancel (unlike E[x^2] - E[x]^2 on raw x).
-__device__ __forceinline__ Moments from_shifted(float n, float sd, float sdd, float shift) {
-  if (n == 0.f) return Moments{0.f, 0.f, 0.f};
-  const float md = sd / n;  // one division per thread, not per element
-  return Moments{n, shift + md, fmaxf(sdd - sd * md, 0.f)};
+// Two-pass moments of the first `count` of kTile values held in registers.
+__device__ __forceinline__ Moments tile_moments(const float (&v)[kTile], int count) {
+  if (count == 0) return Moments{0.f, 0.f, 0.f};
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < kTile; ++k) sum += k < count ? v[k] : 0.f;
+  const float mean = sum / static_cast<float>(count);  // one division per tile
+  float m2 = 0.f;
+#pragma unroll
+  for (int k = 0; k < kTile; ++k) {
+    const float d = k < count ? v[k] - mean : 0.f;
+    m2 += d * d;
+  }
+  return Moments{static_cast<float>(count), mean, m2};
+}
+
+// Position (b, s) of element e = b * S + s of a channel, advanced by a fixed step without a
+// division per element: one division when the walker is made, none afterwards.
+struct PlaneWalker {
+  int64_t b, s, db, ds, S;
+  __device__ PlaneWalker(int64_t e, int64_t step, int64_t S_) : S(S_) {
+    b = e / S;
+    s = e - b * S;
+    db = step / S;
+    ds = step - db * S;
+  }
+  __device__ __forceinline__ void advance() {
+    b += db;
+    s += ds;
+    if (s >= S) {
+      s -= S;
+      ++b;
+    }
+  }
+};
+
+// Chan-merge the blockDim.x * blockDim.y moments in smem down to smem[0] (S-inner: one channel
+// per block) -- a tree over the flat thread index.
+__device__ Moments block_merge(Moments m, Moments* smem) {
+  const int tid = threadIdx.x;
+  smem[tid] = m;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (tid < half) smem[tid] = chan_merge(smem[tid], smem[tid + half]);
+    __syncthreads();
+  }
+  const Moments r = smem[0];
+  __syncthreads();  // smem is reused by the next channel of the grid-stride loop
+  return r;
 }
 
 // ---- forward: partial statistics -----------------------------------------------------------
 
-// S-inner. grid (C, n_splits); the split walks planes b in [b0, b1) of channel c.
+// S-inner. grid (channels, splits), both grid-strided; split k owns the elements
+// [k * per_split, (k + 1) * per_split) of each channel's B * S, in (b, s) order.
 template <typename T>
 __global__ void stats_s_inner(const T* __restrict__ x, int64_t B, int64_t C, int64_t S,
-                              int64_t sb, int64_t sc, int64_t planes_per_split,
+                              int64_t sb, int64_t sc, int64_t n_splits, int64_t per_split,
                               float* part_n, float* part_mean, float* part_m2) {
-  const int64_t c = blockIdx.x, split = blockIdx.y;
-  const int64_t b0 = split * planes_per_split;
-  const int64_t b1 = min(b0 + planes_per_split, B);
-  const float shift = to_float(x[c * sc]);  // the channel's first element: close to its mean
-  float n = 0.f, sd = 0.f, sdd = 0.f;
-  for (int64_t b = b0; b < b1; ++b) {
-    const T* plane = x + b * sb + c * sc;
-    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
-      const float d = to_float(plane[s]) - shift;
-      n += 1.f;
-      sd += d;
-      sdd += d * d;
-    }
-  }
-  Moments m = from_shifted(n, sd, sdd, shift);
   __shared__ Moments smem[kThreads];
-  smem[threadIdx.x] = m;
-  __syncthreads();
-  for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree of Chan merges
-    if (threadIdx.x < half) smem[threadIdx.x] = chan_merge(smem[threadIdx.x],
-                                                           smem[threadIdx.x + half]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    part_n[split * C + c] = smem[0].n;
-    part_mean[split * C + c] = smem[0].mean;
-    part_m2[split * C + c] = smem[0].m2;
+  const int64_t step = blockDim.x;
+  for (int64_t split = blockIdx.y; split < n_splits; split += gridDim.y) {
+    const int64_t e_begin = split * per_split;
+    const int64_t e_end = min(e_begin + per_split, B * S);
+    for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
+      const T* xc = x + c * sc;
+      Moments m{0.f, 0.f, 0.f};
+      int64_t e = e_begin + threadIdx.x;
+      PlaneWalker w(e, step, S);
+      while (e < e_end) {
+        float v[kTile];
+        int count = 0;
+#pragma unroll
+        for (int k = 0; k < kTile; ++k) {
+          v[k] = 0.f;
+          if (e < e_end) {
+            v[k] = to_float(xc[w.b * sb + w.s]);
+            ++count;
+          }
+          e += step;
+          w.advance();
+        }
+        m = chan_merge(m, tile_moments(v, count));
+      }
+      m = block_merge(m, smem);
+      if (threadIdx.x == 0) {
+        part_n[split * C + c] = m.n;
+        part_mean[split * C + c] = m.mean;
+        part_m2[split * C + c] = m.m2;
+      }
+    }
   }
 }
 
-// C-inner. grid (ceil(C / 32), n_splits), block (32, 8); rows r in [r0, r1), row stride ss.
+// C-inner. grid (channel blocks of 32, splits), block (32, 8), both grid-strided; split k owns
+// rows [k * per_split, (k + 1) * per_split); row stride ss.
 template <typename T>
 __global__ void stats_c_inner(const T* __restrict__ x, int64_t C, int64_t R, int64_t ss,
-                              int64_t rows_per_split, float* part_n, float* part_mean,
-                              float* part_m2) {
-  const int64_t c = blockIdx.x * kLanesC + threadIdx.x, split = blockIdx.y;
-  const int64_t r0 = split * rows_per_split;
-  const int64_t r1 = min(r0 + rows_per_split, R);
-  const bool valid = c < C;
-  const float shift = valid ? to_float(x[c]) : 0.f;
-  float n = 0.f, sd = 0.f, sdd = 0.f;
-  if (valid) {
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowsC) {
-      const float d = to_float(x[r * ss + c]) - shift;
-      n += 1.f;
-      sd += d;
-      sdd += d * d;
-    }
-  }
+                              int64_t n_splits, int64_t per_split, float* part_n,
+                              float* part_mean, float* part_m2) {
   __shared__ Moments smem[kRowsC][kLanesC];
-  smem[threadIdx.y][threadIdx.x] = from_shifted(n, sd, sdd, shift);
-  __syncthreads();
-  if (threadIdx.y == 0 && valid) {
-    Moments m = smem[0][threadIdx.x];
-    for (int k = 1; k < kRowsC; ++k) m = chan_merge(m, smem[k][threadIdx.x]);
-    part_n[split * C + c] = m.n;
-    part_mean[split * C + c] = m.mean;
-    part_m2[split * C + c] = m.m2;
+  const int64_t n_cblocks = (C + kLanesC - 1) / kLanesC;
+  for (int64_t split = blockIdx.y; split < n_splits; split += gridDim.y) {
+    const int64_t r_begin = split * per_split;
+    const int64_t r_end = min(r_begin + per_split, R);
+    for (int64_t cb = blockIdx.x; cb < n_cblocks; cb += gridDim.x) {
+      const int64_t c = cb * kLanesC + threadIdx.x;
+      const bool valid = c < C;
+      Moments m{0.f, 0.f, 0.f};
+      if (valid) {
+        for (int64_t r = r_begin + threadIdx.y; r < r_end; r += kRowsC * kTile) {
+          float v[kTile];
+          int count = 0;
+#pragma unroll
+          for (int k = 0; k < kTile; ++k) {
+            const int64_t rk = r + k * kRowsC;
+            v[k] = rk < r_end ? to_float(x[rk * ss + c]) : 0.f;
+            count += rk < r_end;
+          }
+          m = chan_merge(m, tile_moments(v, count));
+        }
+      }
+      smem[threadIdx.y][threadIdx.x] = m;
+      __syncthreads();
+      if (threadIdx.y == 0 && valid) {
+        for (int k = 1; k < kRowsC; ++k) m = chan_merge(m, smem[k][threadIdx.x]);
+        part_n[split * C + c] = m.n;
+        part_mean[split * C + c] = m.mean;
+        part_m2[split * C + c] = m.m2;
+      }
+      __syncthreads();  // smem is reused by the next channel block
+    }
   }
 }
 
-// ---- forward: finalize (one thread per channel) ----------------------------------------------
+// ---- forward: finalize (one thread per channel, grid-strided) --------------------------------
 
 __global__ void finalize_forward(const float* part_n, const float* part_mean,
-                                 const float* part_m2, int n_splits, int64_t C,
+                                 const float* part_m2, int64_t n_splits, int64_t C,
                                  float* running_mean, float* running_var, const float* weight,
                                  float* mean_out, float* scale_out, float* invstd_out,
                                  int training, float momentum, float eps) {
-  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float mean, var;
-  if (training) {
-    Moments m{0.f, 0.f, 0.f};
-    for (int k = 0; k < n_splits; ++k)
-      m = chan_merge(m, Moments{part_n[k * C + c], part_mean[k * C + c], part_m2[k * C + c]});
-    mean = m.mean;
-    var = m.m2 / m.n;  // biased: used to normalise
-    if (running_mean != nullptr) {
-      const float unbiased = m.m2 / fmaxf(m.n - 1.f, 1.f);  // the running variance's estimate
-      running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
-      running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C;
+       c += (int64_t)gridDim.x * blockDim.x) {
+    float mean, var;
+    if (training) {
+      Moments m{0.f, 0.f, 0.f};
+      for (int64_t k = 0; k < n_splits; ++k)
+        m = chan_merge(m, Moments{part_n[k * C + c], part_mean[k * C + c], part_m2[k * C + c]});
+      mean = m.mean;
+      var = m.n > 0.f ? m.m2 / m.n : 0.f;  // biased: used to normalise
+      if (running_mean != nullptr) {
+        const float unbiased = m.m2 / fmaxf(m.n - 1.f, 1.f);  // the running variance's estimate
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+      }
+    } else {
+      mean = running_mean[c];
+      var = running_var[c];
     }
-  } else {
-    mean = running_mean[c];
-    var = running_var[c];
+    const float inv_std = rsqrtf(var + eps);
+    mean_out[c] = mean;
+    invstd_out[c] = inv_std;
+    scale_out[c] = (weight != nullptr ? weight[c] : 1.f) * inv_std;
   }
-  const float inv_std = rsqrtf(var + eps);
-  mean_out[c] = mean;
-  invstd_out[c] = inv_std;
-  scale_out[c] = (weight != nullptr ? weight[c] : 1.f) * inv_std;
 }
 
 // ---- forward: normalise ----------------------------------------------------------------------
 
-// S-inner. grid (B * C, ceil(S / (256 * 4))): one (b, c) plane per blockIdx.x.
+// S-inner. grid (planes, chunks of S), both grid-strided: plane = b * C + c.
 template <typename T>
-__global__ void normalize_s_inner(const T* __restrict__ x, T* __restrict__ y, int64_t C,
-                                  int64_t S, int64_t sb, int64_t sc, const float* mean,
-                                  const float* scale, const float* bias) {
-  const int64_t plane = blockIdx.x;
-  const int64_t c = plane % C, b = plane / C;  // one division per block
-  const float m = mean[c], k = scale[c], beta = bias != nullptr ? bias[c] : 0.f;
-  const int64_t base = b * sb + c * sc;
-  const int64_t chunk = (int64_t)blockDim.x * 4;
-  for (int64_t s = blockIdx.y * chunk + threadIdx.x; s < min(S, (blockIdx.y + 1) * chunk);
-       s += blockDim.x)
-    y[base + s] = from_float<T>((to_float(x[base + s]) - m) * k + beta);
+__global__ void normalize_s_inner(const T* __restrict__ x, T* __restrict__ y, int64_t B,
+                                  int64_t C, int64_t S, int64_t sb, int64_t sc,
+                                  const float* mean, const float* scale, const float* bias) {
+  for (int64_t plane = blockIdx.x; plane < B * C; plane += gridDim.x) {
+    const int64_t c = plane % C, b = plane / C;  // one division per plane
+    const float m = mean[c], k = scale[c], beta = bias != nullptr ? bias[c] : 0.f;
+    const int64_t base = b * sb + c * sc;
+    for (int64_t s = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; s < S;
+         s += (int64_t)gridDim.y * blockDim.x)
+      y[base + s] = from_float<T>((to_float(x[base + s]) - m) * k + beta);
+  }
 }
 
-// C-inner. grid (ceil(C / 32), ceil(R / 64)), block (32, 8).
+// C-inner. grid (channel blocks, row chunks), block (32, 8), both grid-strided.
 template <typename T>
 __global__ void normalize_c_inner(const T* __restrict__ x, T* __restrict__ y, int64_t C,
                                   int64_t R, int64_t ss, const float* mean, const float* scale,
                                   const float* bias) {
-  const int64_t c = blockIdx.x * kLanesC + threadIdx.x;
-  if (c >= C) return;
-  const float m = mean[c], k = scale[c], beta = bias != nullptr ? bias[c] : 0.f;
-  const int64_t r0 = blockIdx.y * (int64_t)(kRowsC * 8);
-  const int64_t r1 = min(r0 + kRowsC * 8, R);
-  for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowsC)
-    y[r * ss + c] = from_float<T>((to_float(x[r * ss + c]) - m) * k + beta);
+  const int64_t n_cblocks = (C + kLanesC - 1) / kLanesC;
+  for (int64_t cb = blockIdx.x; cb < n_cblocks; cb += gridDim.x) {
+    const int64_t c = cb * kLanesC + threadIdx.x;
+    if (c >= C) continue;
+    const float m = mean[c], k = scale[c], beta = bias != nullptr ? bias[c] : 0.f;
+    for (int64_t r = blockIdx.y * (int64_t)kRowsC + threadIdx.y; r < R;
+         r += (int64_t)gridDim.y * kRowsC)
+      y[r * ss + c] = from_float<T>((to_float(x[r * ss + c]) - m) * k + beta);
+  }
 }
 
 // ---- backward --------------------------------------------------------------------------------
 
+// S-inner sums of dy and dy * (x - mean), split by elements as stats_s_inner.
 template <typename T>
 __global__ void grad_sums_s_inner(const T* __restrict__ x, const T* __restrict__ dy, int64_t B,
-                                  int64_t C, int64_t S, int64_t sb, int64_t sc,
-                                  int64_t planes_per_split, const float* mean, float* part_dy,
+                                  int64_t C, int64_t S, int64_t sb, int64_t sc, int64_t n_splits,
+                                  int64_t per_split, const float* mean, float* part_dy,
                                   float* part_dy_xmu) {
-  const int64_t c = blockIdx.x, split = blockIdx.y;
-  const int64_t b0 = split * planes_per_split;
-  const int64_t b1 = min(b0 + planes_per_split, B);
-  const float m = mean[c];
-  float s_dy = 0.f, s_dy_xmu = 0.f;
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t base = b * sb + c * sc;
-    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
-      const float g = to_float(dy[base + s]);
-      s_dy += g;
-      s_dy_xmu += g * (to_float(x[base + s]) - m);  // centred: no mean-sized products
-    }
-  }
   __shared__ float smem[2][kThreads];
-  smem[0][threadIdx.x] = s_dy;
-  smem[1][threadIdx.x] = s_dy_xmu;
-  __syncthreads();
-  for (int half = blockDim.x / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) {
-      smem[0][threadIdx.x] += smem[0][threadIdx.x + half];
-      smem[1][threadIdx.x] += smem[1][threadIdx.x + half];
+  const int64_t step = blockDim.x;
+  for (int64_t split = blockIdx.y; split < n_splits; split += gridDim.y) {
+    const int64_t e_begin = split * per_split;
+    const int64_t e_end = min(e_begin + per_split, B * S);
+    for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
+      const float m = mean[c];
+      float s_dy = 0.f, s_dy_xmu = 0.f;
+      int64_t e = e_begin + threadIdx.x;
+      for (PlaneWalker w(e, step, S); e < e_end; e += step, w.advance()) {
+        const int64_t i = w.b * sb + c * sc + w.s;
+        const float g = to_float(dy[i]);
+        s_dy += g;
+        s_dy_xmu += g * (to_float(x[i]) - m);  // centred: no mean-sized products
+      }
+      smem[0][threadIdx.x] = s_dy;
+      smem[1][threadIdx.x] = s_dy_xmu;
+      __syncthreads();
+      for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+          smem[0][threadIdx.x] += smem[0][threadIdx.x + half];
+          smem[1][threadIdx.x] += smem[1][threadIdx.x + half];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        part_dy[split * C + c] = smem[0][0];
+        part_dy_xmu[split * C + c] = smem[1][0];
+      }
+      __syncthreads();
     }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    part_dy[split * C + c] = smem[0][0];
-    part_dy_xmu[split * C + c] = smem[1][0];
   }
 }
 
 template <typename T>
 __global__ void grad_sums_c_inner(const T* __restrict__ x, const T* __restrict__ dy, int64_t C,
-                                  int64_t R, int64_t ss, int64_t rows_per_split,
+                                  int64_t R, int64_t ss, int64_t n_splits, int64_t per_split,
                                   const float* mean, float* part_dy, float* part_dy_xmu) {
-  const int64_t c = blockIdx.x * kLanesC + threadIdx.x, split = blockIdx.y;
-  const int64_t r0 = split * rows_per_split;
-  const int64_t r1 = min(r0 + rows_per_split, R);
-  const bool valid = c < C;
-  float s_dy = 0.f, s_dy_xmu = 0.f;
-  if (valid) {
-    const float m = mean[c];
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowsC) {
-      const float g = to_float(dy[r * ss + c]);
-      s_dy += g;
-      s_dy_xmu += g * (to_float(x[r * ss + c]) - m);
-    }
-  }
   __shared__ float smem[2][kRowsC][kLanesC];
-  smem[0][threadIdx.y][threadIdx.x] = s_dy;
-  smem[1][threadIdx.y][threadIdx.x] = s_dy_xmu;
-  __syncthreads();
-  if (threadIdx.y == 0 && valid) {
-    float a = 0.f, b = 0.f;
-    for (int k = 0; k < kRowsC; ++k) {
-      a += smem[0][k][threadIdx.x];
-      b += smem[1][k][threadIdx.x];
+  const int64_t n_cblocks = (C + kLanesC - 1) / kLanesC;
+  for (int64_t split = blockIdx.y; split < n_splits; split += gridDim.y) {
+    const int64_t r_begin = split * per_split;
+    const int64_t r_end = min(r_begin + per_split, R);
+    for (int64_t cb = blockIdx.x; cb < n_cblocks; cb += gridDim.x) {
+      const int64_t c = cb * kLanesC + threadIdx.x;
+      const bool valid = c < C;
+      float s_dy = 0.f, s_dy_xmu = 0.f;
+      if (valid) {
+        const float m = mean[c];
+        for (int64_t r = r_begin + threadIdx.y; r < r_end; r += kRowsC) {
+          const float g = to_float(dy[r * ss + c]);
+          s_dy += g;
+          s_dy_xmu += g * (to_float(x[r * ss + c]) - m);
+        }
+      }
+      smem[0][threadIdx.y][threadIdx.x] = s_dy;
+      smem[1][threadIdx.y][threadIdx.x] = s_dy_xmu;
+      __syncthreads();
+      if (threadIdx.y == 0 && valid) {
+        float a = 0.f, b = 0.f;
+        for (int k = 0; k < kRowsC; ++k) {
+          a += smem[0][k][threadIdx.x];
+          b += smem[1][k][threadIdx.x];
+        }
+        part_dy[split * C + c] = a;
+        part_dy_xmu[split * C + c] = b;
+      }
+      __syncthreads();
     }
-    part_dy[split * C + c] = a;
-    part_dy_xmu[split * C + c] = b;
   }
 }
 
 // dweight, dbias, and the coefficients of dx = k * (dy - a - (x - mean) * b), per channel.
-__global__ void finalize_backward(const float* part_dy, const float* part_dy_xmu, int n_splits,
-                                  int64_t C, float inv_n, const float* weight,
+__global__ void finalize_backward(const float* part_dy, const float* part_dy_xmu,
+                                  int64_t n_splits, int64_t C, float inv_n, const float* weight,
                                   const float* invstd, float* dweight, float* dbias,
                                   float* coef_k, float* coef_a, float* coef_b, int training) {
-  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float s_dy = 0.f, s_dy_xmu = 0.f;
-  for (int k = 0; k < n_splits; ++k) {
-    s_dy += part_dy[k * C + c];
-    s_dy_xmu += part_dy_xmu[k * C + c];
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C;
+       c += (int64_t)gridDim.x * blockDim.x) {
+    float s_dy = 0.f, s_dy_xmu = 0.f;
+    for (int64_t k = 0; k < n_splits; ++k) {
+      s_dy += part_dy[k * C + c];
+      s_dy_xmu += part_dy_xmu[k * C + c];
+    }
+    const float inv_std = invstd[c];
+    const float s_dy_xhat = s_dy_xmu * inv_std;
+    dweight[c] = s_dy_xhat;
+    dbias[c] = s_dy;
+    coef_k[c] = (weight != nullptr ? weight[c] : 1.f) * inv_std;
+    coef_a[c] = training ? s_dy * inv_n : 0.f;
+    coef_b[c] = training ? s_dy_xhat * inv_n * inv_std : 0.f;
   }
-  const float inv_std = invstd[c];
-  const float s_dy_xhat = s_dy_xmu * inv_std;
-  dweight[c] = s_dy_xhat;
-  dbias[c] = s_dy;
-  coef_k[c] = (weight != nullptr ? weight[c] : 1.f) * inv_std;
-  coef_a[c] = training ? s_dy * inv_n : 0.f;
-  coef_b[c] = training ? s_dy_xhat * inv_n * inv_std : 0.f;
 }
 
 template <typename T>
 __global__ void grad_input_s_inner(const T* __restrict__ x, const T* __restrict__ dy,
-                                   T* __restrict__ dx, int64_t C, int64_t S, int64_t sb,
-                                   int64_t sc, const float* mean, const float* coef_k,
-                                   const float* coef_a, const float* coef_b) {
-  const int64_t plane = blockIdx.x;
-  const int64_t c = plane % C, b = plane / C;
-  const float m = mean[c], k = coef_k[c], a = coef_a[c], bb = coef_b[c];
-  const int64_t base = b * sb + c * sc;
-  const int64_t chunk = (int64_t)blockDim.x * 4;
-  for (int64_t s = blockIdx.y * chunk + threadIdx.x; s < min(S, (blockIdx.y + 1) * chunk);
-       s += blockDim.x) {
-    const float xmu = to_float(x[base + s]) - m;
-    dx[base + s] = from_float<T>(k * (to_float(dy[base + s]) - a - xmu * bb));
+                                   T* __restrict__ dx, int64_t B, int64_t C, int64_t S,
+                                   int64_t sb, int64_t sc, const float* mean,
+                                   const float* coef_k, const float* coef_a,
+                                   const float* coef_b) {
+  for (int64_t plane = blockIdx.x; plane < B * C; plane += gridDim.x) {
+    const int64_t c = plane % C, b = plane / C;
+    const float m = mean[c], k = coef_k[c], a = coef_a[c], bb = coef_b[c];
+    const int64_t base = b * sb + c * sc;
+    for (int64_t s = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; s < S;
+         s += (int64_t)gridDim.y * blockDim.x) {
+      const float xmu = to_float(x[base + s]) - m;
+      dx[base + s] = from_float<T>(k * (to_float(dy[base + s]) - a - xmu * bb));
+    }
   }
 }
 
@@ -302,22 +387,35 @@ __global__ void grad_input_c_inner(const T* __restrict__ x, const T* __restrict_
                                    T* __restrict__ dx, int64_t C, int64_t R, int64_t ss,
                                    const float* mean, const float* coef_k, const float* coef_a,
                                    const float* coef_b) {
-  const int64_t c = blockIdx.x * kLanesC + threadIdx.x;
-  if (c >= C) return;
-  const float m = mean[c], k = coef_k[c], a = coef_a[c], bb = coef_b[c];
-  const int64_t r0 = blockIdx.y * (int64_t)(kRowsC * 8);
-  const int64_t r1 = min(r0 + kRowsC * 8, R);
-  for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowsC) {
-    const float xmu = to_float(x[r * ss + c]) - m;
-    dx[r * ss + c] = from_float<T>(k * (to_float(dy[r * ss + c]) - a - xmu * bb));
+  const int64_t n_cblocks = (C + kLanesC - 1) / kLanesC;
+  for (int64_t cb = blockIdx.x; cb < n_cblocks; cb += gridDim.x) {
+    const int64_t c = cb * kLanesC + threadIdx.x;
+    if (c >= C) continue;
+    const float m = mean[c], k = coef_k[c], a = coef_a[c], bb = coef_b[c];
+    for (int64_t r = blockIdx.y * (int64_t)kRowsC + threadIdx.y; r < R;
+         r += (int64_t)gridDim.y * kRowsC) {
+      const float xmu = to_float(x[r * ss + c]) - m;
+      dx[r * ss + c] = from_float<T>(k * (to_float(dy[r * ss + c]) - a - xmu * bb));
+    }
   }
 }
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The one way a grid is made here: x capped at 2^31 - 1, y at 65,535 (each at least 1). The
+// kernels' grid-stride loops cover whatever the cap leaves out.
+dim3 grid_2d(int64_t x, int64_t y = 1) {
+  const int64_t gx = x < 1 ? 1 : (x > kMaxGridX ? kMaxGridX : x);
+  const int64_t gy = y < 1 ? 1 : (y > kMaxGridYZ ? kMaxGridYZ : y);
+  return dim3(static_cast<unsigned int>(gx), static_cast<unsigned int>(gy));
+}
+
+// Enough blocks to fill a large GPU several times over; more only adds scheduling.
+constexpr int64_t kMaxBlocksX = 65535;
+
 template <typename T>
 cudaError_t forward_impl(const void* xv, void* yv, int64_t B, int64_t C, int64_t S, int64_t sb,
-                         int64_t sc, int64_t ss, int n_splits, const float* weight,
+                         int64_t sc, int64_t ss, int64_t n_splits, const float* weight,
                          const float* bias, float* running_mean, float* running_var,
                          float* mean, float* scale, float* invstd, float* workspace,
                          int training, float momentum, float eps, cudaStream_t stream) {
@@ -329,31 +427,34 @@ cudaError_t forward_impl(const void* xv, void* yv, int64_t B, int64_t C, int64_t
   float* part_m2 = workspace + 2 * n_splits * C;
   if (training) {
     if (s_inner) {
-      const int64_t per = cdiv(B, n_splits);
-      stats_s_inner<T><<<dim3(C, n_splits), kThreads, 0, stream>>>(
-          x, B, C, S, sb, sc, per, part_n, part_mean, part_m2);
+      const dim3 grid = grid_2d(std::min(C, kMaxBlocksX), n_splits);
+      stats_s_inner<T><<<grid, kThreads, 0, stream>>>(
+          x, B, C, S, sb, sc, n_splits, cdiv(B * S, n_splits), part_n, part_mean, part_m2);
     } else {
-      const int64_t per = cdiv(S, n_splits);
-      stats_c_inner<T><<<dim3(cdiv(C, kLanesC), n_splits), dim3(kLanesC, kRowsC), 0, stream>>>(
-          x, C, S, ss, per, part_n, part_mean, part_m2);
+      const dim3 grid = grid_2d(std::min(cdiv(C, kLanesC), kMaxBlocksX), n_splits);
+      stats_c_inner<T><<<grid, dim3(kLanesC, kRowsC), 0, stream>>>(
+          x, C, S, ss, n_splits, cdiv(S, n_splits), part_n, part_mean, part_m2);
     }
   }
-  finalize_forward<<<cdiv(C, kThreads), kThreads, 0, stream>>>(
+  const dim3 per_channel = grid_2d(std::min(cdiv(C, kThreads), kMaxBlocksX));
+  finalize_forward<<<per_channel, kThreads, 0, stream>>>(
       part_n, part_mean, part_m2, n_splits, C, running_mean, running_var, weight, mean, scale,
       invstd, training, momentum, eps);
   if (s_inner) {
-    normalize_s_inner<T><<<dim3(B * C, cdiv(S, kThreads * 4)), kThreads, 0, stream>>>(
-        x, y, C, S, sb, sc, mean, scale, bias);
+    const dim3 grid = grid_2d(std::min(B * C, kMaxBlocksX), cdiv(S, kThreads * 4));
+    normalize_s_inner<T><<<grid, kThreads, 0, stream>>>(x, y, B, C, S, sb, sc, mean, scale,
+                                                        bias);
   } else {
-    normalize_c_inner<T><<<dim3(cdiv(C, kLanesC), cdiv(S, kRowsC * 8)), dim3(kLanesC, kRowsC),
-                           0, stream>>>(x, y, C, S, ss, mean, scale, bias);
+    const dim3 grid = grid_2d(std::min(cdiv(C, kLanesC), kMaxBlocksX), cdiv(S, kRowsC * 8));
+    normalize_c_inner<T><<<grid, dim3(kLanesC, kRowsC), 0, stream>>>(x, y, C, S, ss, mean,
+                                                                     scale, bias);
   }
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t backward_impl(const void* xv, const void* dyv, void* dxv, int64_t B, int64_t C,
-                          int64_t S, int64_t sb, int64_t sc, int64_t ss, int n_splits,
+                          int64_t S, int64_t sb, int64_t sc, int64_t ss, int64_t n_splits,
                           const float* weight, const float* mean, const float* invstd,
                           float* dweight, float* dbias, float* workspace, int training,
                           cudaStream_t stream) {
@@ -365,24 +466,27 @@ cudaError_t backward_impl(const void* xv, const void* dyv, void* dxv, int64_t B,
   float* part_dy_xmu = workspace + n_splits * C;
   float* coef = workspace + 2 * n_splits * C;
   if (s_inner) {
-    grad_sums_s_inner<T><<<dim3(C, n_splits), kThreads, 0, stream>>>(
-        x, dy, B, C, S, sb, sc, cdiv(B, n_splits), mean, part_dy, part_dy_xmu);
+    const dim3 grid = grid_2d(std::min(C, kMaxBlocksX), n_splits);
+    grad_sums_s_inner<T><<<grid, kThreads, 0, stream>>>(
+        x, dy, B, C, S, sb, sc, n_splits, cdiv(B * S, n_splits), mean, part_dy, part_dy_xmu);
   } else {
-    grad_sums_c_inner<T><<<dim3(cdiv(C, kLanesC), n_splits), dim3(kLanesC, kRowsC), 0,
-                           stream>>>(x, dy, C, S, ss, cdiv(S, n_splits), mean, part_dy,
-                                     part_dy_xmu);
+    const dim3 grid = grid_2d(std::min(cdiv(C, kLanesC), kMaxBlocksX), n_splits);
+    grad_sums_c_inner<T><<<grid, dim3(kLanesC, kRowsC), 0, stream>>>(
+        x, dy, C, S, ss, n_splits, cdiv(S, n_splits), mean, part_dy, part_dy_xmu);
   }
   const float inv_n = 1.f / static_cast<float>(B * S);
-  finalize_backward<<<cdiv(C, kThreads), kThreads, 0, stream>>>(
+  const dim3 per_channel = grid_2d(std::min(cdiv(C, kThreads), kMaxBlocksX));
+  finalize_backward<<<per_channel, kThreads, 0, stream>>>(
       part_dy, part_dy_xmu, n_splits, C, inv_n, weight, invstd, dweight, dbias, coef, coef + C,
       coef + 2 * C, training);
   if (s_inner) {
-    grad_input_s_inner<T><<<dim3(B * C, cdiv(S, kThreads * 4)), kThreads, 0, stream>>>(
-        x, dy, dx, C, S, sb, sc, mean, coef, coef + C, coef + 2 * C);
+    const dim3 grid = grid_2d(std::min(B * C, kMaxBlocksX), cdiv(S, kThreads * 4));
+    grad_input_s_inner<T><<<grid, kThreads, 0, stream>>>(x, dy, dx, B, C, S, sb, sc, mean, coef,
+                                                         coef + C, coef + 2 * C);
   } else {
-    grad_input_c_inner<T><<<dim3(cdiv(C, kLanesC), cdiv(S, kRowsC * 8)), dim3(kLanesC, kRowsC),
-                            0, stream>>>(x, dy, dx, C, S, ss, mean, coef, coef + C,
-                                         coef + 2 * C);
+    const dim3 grid = grid_2d(std::min(cdiv(C, kLanesC), kMaxBlocksX), cdiv(S, kRowsC * 8));
+    grad_input_c_inner<T><<<grid, dim3(kLanesC, kRowsC), 0, stream>>>(
+        x, dy, dx, C, S, ss, mean, coef, coef + C, coef + 2 * C);
   }
   return cudaGetLastError();
 }
@@ -390,13 +494,15 @@ cudaError_t backward_impl(const void* xv, const void* dyv, void* dxv, int64_t B,
 }  // namespace
 
 // dtype: 0 float32, 1 float16, 2 bfloat16. Layout: ss == 1 (S-inner) or sc == 1 with B == 1.
-// Statistics, weight, bias and running statistics are float32. Returns a cudaError_t.
+// Statistics, weight, bias and running statistics are float32. n_splits >= 1 (any size: the
+// kernels grid-stride over splits). Returns a cudaError_t.
 extern "C" int bnbook_bn_forward(int dtype, const void* x, void* y, int64_t B, int64_t C,
-                                 int64_t S, int64_t sb, int64_t sc, int64_t ss, int n_splits,
+                                 int64_t S, int64_t sb, int64_t sc, int64_t ss, int64_t n_splits,
                                  const float* weight, const float* bias, float* running_mean,
                                  float* running_var, float* mean, float* scale, float* invstd,
                                  float* workspace, int training, float momentum, float eps,
                                  void* stream) {
+  if (n_splits < 1 || B < 1 || C < 1 || S < 1) return static_cast<int>(cudaErrorInvalidValue);
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case 0: return forward_impl<float>(x, y, B, C, S, sb, sc, ss, n_splits, weight, bias,
@@ -414,9 +520,10 @@ extern "C" int bnbook_bn_forward(int dtype, const void* x, void* y, int64_t B, i
 
 extern "C" int bnbook_bn_backward(int dtype, const void* x, const void* dy, void* dx, int64_t B,
                                   int64_t C, int64_t S, int64_t sb, int64_t sc, int64_t ss,
-                                  int n_splits, const float* weight, const float* mean,
+                                  int64_t n_splits, const float* weight, const float* mean,
                                   const float* invstd, float* dweight, float* dbias,
                                   float* workspace, int training, void* stream) {
+  if (n_splits < 1 || B < 1 || C < 1 || S < 1) return static_cast<int>(cudaErrorInvalidValue);
   auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case 0: return backward_impl<float>(x, dy, dx, B, C, S, sb, sc, ss, n_splits, weight, mean,
