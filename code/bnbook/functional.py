@@ -36,9 +36,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnbook.normalization import batch_renorm, group_norm, instance_norm, layer_norm, rms_norm
 from bnbook.validation import BatchNormArgumentError, check_batch_norm_args
 
-__all__ = ["BatchNormArgumentError", "BatchNormFunction", "batch_norm"]
+# The other normalisers share one core of their own (bnbook.normalization); they are
+# re-exported here so that bnbook.functional mirrors torch.nn.functional's names.
+__all__ = [
+    "BatchNormArgumentError",
+    "BatchNormFunction",
+    "batch_norm",
+    "batch_renorm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "rms_norm",
+]
 
 # Inputs in these dtypes are normalised in float32: with 8 (bfloat16) or 11 (float16)
 # significant bits they cannot hold a sum over thousands of values.
