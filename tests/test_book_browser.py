@@ -160,6 +160,7 @@ def test_every_page_loads_offline_without_script_errors(open_page) -> None:
 # "module:factory" in bnbook.figures. A figure added to a chapter must be listed here: the test
 # below fails when a page shows a figure this table does not know.
 FIGURES: dict[str, list[str]] = {
+    "chapters/alternatives.html": ["bnbook.figures.alternatives:axes_explorer"],
     "chapters/bn_training.html": [
         "bnbook.figures.bn_training:activations_explorer",
         "bnbook.figures.bn_training:lr_explorer",
@@ -172,6 +173,8 @@ FIGURES: dict[str, list[str]] = {
         "bnbook.figures.why_bn_works:stability_explorer",
         "bnbook.figures.why_bn_works:gradient_explosion_explorer",
     ],
+    "chapters/production.html": ["bnbook.figures.production:tta_explorer"],
+    "chapters/gpu_kernels.html": ["bnbook.figures.gpu_kernels:tiling_explorer"],
     "chapters/transform.html": ["bnbook.figures.transform:transform_explorer"],
     "chapters/train_inference.html": ["bnbook.figures.train_inference:train_vs_eval_explorer"],
     "chapters/backprop.html": [

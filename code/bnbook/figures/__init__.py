@@ -6,6 +6,7 @@ factory is re-exported here, so ``figures.saturation_explorer()`` works after
 ``from bnbook import figures``; the drawing functions and data helpers stay in their modules.
 """
 
+from bnbook.figures.alternatives import axes_explorer, small_batch_figure
 from bnbook.figures.backprop import backward_graph_stepper, upstream_blend_explorer
 from bnbook.figures.bn_training import (
     activations_explorer,
@@ -16,6 +17,8 @@ from bnbook.figures.bn_training import (
     steps_to_target_explorer,
 )
 from bnbook.figures.core import Control, DrawFn, InteractiveFigure, Preset, Slider, Toggle
+from bnbook.figures.gpu_kernels import tiling_explorer
+from bnbook.figures.production import tta_explorer
 from bnbook.figures.train_inference import train_vs_eval_explorer
 from bnbook.figures.transform import (
     TRANSFORM_MEAN,
@@ -37,6 +40,7 @@ __all__ = [
     "Slider",
     "Toggle",
     "activations_explorer",
+    "axes_explorer",
     "backward_graph_stepper",
     "batch_noise_explorer",
     "draw_transform",
@@ -46,10 +50,13 @@ __all__ = [
     "regularisation_explorer",
     "runaway_bias_explorer",
     "saturation_explorer",
+    "small_batch_figure",
     "stability_explorer",
     "steps_to_target_explorer",
+    "tiling_explorer",
     "train_vs_eval_explorer",
     "transform_batch",
     "transform_explorer",
+    "tta_explorer",
     "upstream_blend_explorer",
 ]
