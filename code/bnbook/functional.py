@@ -37,7 +37,11 @@ import torch
 from torch import Tensor
 
 from bnbook.normalization import batch_renorm, group_norm, instance_norm, layer_norm, rms_norm
-from bnbook.validation import BatchNormArgumentError, check_batch_norm_args
+from bnbook.validation import (
+    BatchNormArgumentError,
+    check_batch_norm_args,
+    is_transform_wrapped,
+)
 
 # The other normalisers share one core of their own (bnbook.normalization); they are
 # re-exported here so that bnbook.functional mirrors torch.nn.functional's names.
@@ -146,7 +150,16 @@ def _grad_sums(x: Tensor, mean: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
     """
     dims = _reduction_dims(x.ndim)
     centre = _as_channel(mean, x.ndim)
-    parts = [(d.sum(dim=dims), ((b - centre) * d).sum(dim=dims)) for b, d in _blocks(x, dy)]
+    # The centred block is multiplied in place, so each block costs one fresh buffer, not two,
+    # unless autograd records a graph (double backward needs the centred block intact) or a
+    # torch.func transform has wrapped a tensor (in-place ops then cannot mix wrapped and plain).
+    in_place = not torch.is_grad_enabled() and not any(
+        is_transform_wrapped(t) for t in (x, mean, dy)
+    )
+    parts = [
+        (d.sum(dim=dims), ((b - centre).mul_(d) if in_place else (b - centre) * d).sum(dim=dims))
+        for b, d in _blocks(x, dy)
+    ]
     if len(parts) == 1:
         return parts[0]
     sum_dy, sum_dy_xc = zip(*parts, strict=True)

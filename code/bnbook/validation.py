@@ -44,7 +44,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BatchNormArgumentError", "FLOAT_DTYPES", "check_batch_norm_args"]
+__all__ = [
+    "BatchNormArgumentError",
+    "FLOAT_DTYPES",
+    "check_batch_norm_args",
+    "is_transform_wrapped",
+]
 
 # The dtypes torch's batch norm is implemented for (on CPU; CUDA adds nothing to this list).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -59,6 +64,22 @@ class BatchNormArgumentError(ValueError, RuntimeError):
     torch raises either class for these faults, so a caller's ``except RuntimeError`` or
     ``except ValueError`` written for torch catches this one too.
     """
+
+
+def is_transform_wrapped(t: Any) -> bool:
+    """Whether ``t`` is a torch.func wrapper (vmap's batched tensor, grad's tracking tensor).
+
+    Such a tensor has no storage of its own, and an in-place op on it, or on a plain tensor
+    with it as the other operand, can fail; backends check before taking either shortcut.
+    """
+    if not isinstance(t, Tensor):
+        return False
+    functorch = getattr(torch._C, "_functorch", None)  # torch's own checks; no public one yet
+    for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"):
+        check = getattr(functorch, name, None)
+        if check is not None and check(t):
+            return True
+    return False
 
 
 def _check_scalar(name: str, value: Any) -> float:

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from bnbook.validation import is_transform_wrapped
+
 __all__ = ["FirstOrderOnly", "check_plain", "first_order_only", "refuse"]
 
 _ALTERNATIVE = ("use bnbook.functional.batch_norm (or torch.nn.functional.batch_norm), whose "
@@ -37,18 +39,6 @@ def refuse(backend: str, what: str) -> NotImplementedError:
                                f"by a first-order kernel; {_ALTERNATIVE}")
 
 
-def _wrapped(t: Any) -> bool:
-    """Whether ``t`` is a torch.func wrapper (vmap's batched tensor, grad's tracking tensor)."""
-    if not isinstance(t, torch.Tensor):
-        return False
-    functorch = getattr(torch._C, "_functorch", None)  # torch's own checks; no public one yet
-    for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"):
-        check = getattr(functorch, name, None)
-        if check is not None and check(t):
-            return True
-    return False
-
-
 def check_plain(backend: str, *tensors: Any) -> None:
     """Refuse tensors wrapped by a torch.func transform: a kernel cannot read their storage.
 
@@ -63,7 +53,7 @@ def check_plain(backend: str, *tensors: Any) -> None:
     Raises:
         NotImplementedError: one of them is wrapped.
     """
-    if any(_wrapped(t) for t in tensors):
+    if any(is_transform_wrapped(t) for t in tensors):
         raise refuse(backend, "torch.func transforms (grad, vjp, vmap, jvp) or "
                               "autograd.grad(..., is_grads_batched=True)")
 
