@@ -288,13 +288,15 @@ class BatchNormFunction(torch.autograd.Function):
                 # dx = (scale / m) * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))
                 #    = scale * (dy - h * (x - mean) - g),  g = sum(dy) / m,
                 #                                         h = inv_std * sum(dy * x_hat) / m,
-                # as one fused multiply-add with a single per-channel operand (torch's fast
-                # path), then a shift and a scale in place. The mean is folded into the
-                # shift: |h * mean| / |dy| ~ |mean| / (std * sqrt(m)) bounds what it rounds.
+                #    = a * dy + b * x + c,  a = scale, b = -scale * h, c = scale * (h * mean - g),
+                # as two fused multiply-adds with per-channel operands (two passes, not three).
+                # The mean is folded into the shift c: |h * mean| / |dy| ~ |mean| / (std *
+                # sqrt(m)) bounds what that rounds.
                 g = sum_dy / m  # (C,)
                 h = sum_dy_xhat * inv_std / m  # (C,)
-                dx = torch.addcmul(dy, x, _as_channel(-h, ndim))  # (N, C, *spatial)
-                dx = dx.add_(_as_channel(h * mean - g, ndim)).mul_(_as_channel(scale, ndim))
+                b = _as_channel(-scale * h, ndim)  # (1, C, 1, ...)
+                c = _as_channel(scale * (h * mean - g), ndim)  # (1, C, 1, ...)
+                dx = torch.addcmul(c, x, b).addcmul_(dy, _as_channel(scale, ndim))
             else:
                 # The statistics are constants here: y is affine in x, with slope weight*inv_std.
                 dx = dy * _as_channel(scale, ndim)
