@@ -36,7 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bnbook.normalization import batch_renorm, group_norm, instance_norm, layer_norm, rms_norm
+# _compute_dtype: float16/bfloat16 inputs are normalised in float32, by every normaliser alike.
+from bnbook.normalization import (
+    _compute_dtype,
+    batch_renorm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+)
 from bnbook.validation import (
     BatchNormArgumentError,
     check_batch_norm_args,
@@ -55,15 +63,6 @@ __all__ = [
     "layer_norm",
     "rms_norm",
 ]
-
-# Inputs in these dtypes are normalised in float32: with 8 (bfloat16) or 11 (float16)
-# significant bits they cannot hold a sum over thousands of values.
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
-
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in ``dtype``; ``t`` itself when it already is (``Tensor.to`` costs a call)."""
