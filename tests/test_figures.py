@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+import figure_html
 from bnbook import figures
 from bnbook.figures import InteractiveFigure, Preset, Slider, Toggle
 
@@ -35,14 +36,10 @@ def small() -> InteractiveFigure:
     )
 
 
-def _payload(html: str) -> dict:
-    match = re.search(r'<script type="application/json" class="bnfig-data">(.*?)</script>', html)
-    assert match, "the static form must embed its frames as JSON"
-    return json.loads(match.group(1).replace("<\\/", "</"))
 
 
 def test_static_form_holds_every_state_as_its_own_picture(small: InteractiveFigure) -> None:
-    payload = _payload(small.static_html())
+    payload = figure_html.payload(small.static_html())
     assert len(payload["index"]) == 3 * 2  # every combination of positions
     for state, frame in payload["index"].items():
         i, j = map(int, state.split(","))
@@ -54,7 +51,7 @@ def test_static_form_holds_every_state_as_its_own_picture(small: InteractiveFigu
 
 def test_static_form_starts_at_defaults_and_encodes_presets(small: InteractiveFigure) -> None:
     html = small.static_html()
-    payload = _payload(html)
+    payload = figure_html.payload(html)
     assert payload["start"] == [1, 0]
     first = re.search(r'class="bnfig-img"[^>]*src="data:image/png;base64,([^"]+)"', html).group(1)
     assert base64.b64decode(first) == small.png()
@@ -66,7 +63,7 @@ def test_static_form_starts_at_defaults_and_encodes_presets(small: InteractiveFi
 def test_identical_states_share_one_frame() -> None:
     fig = InteractiveFigure(lambda f, a: _draw_line(f, 0.5, "-"),
                             [Slider("a", "a", (0.0, 1.0, 2.0), 0.0)], figsize=(2, 2), dpi=40)
-    payload = _payload(fig.static_html())
+    payload = figure_html.payload(fig.static_html())
     assert len(payload["frames"]) == 1 and len(payload["index"]) == 3
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import inspect
-import json
 import re
 
 import numpy as np
 import pytest
 import torch
 
+import figure_html
 from bnbook import reference as ref
 from bnbook.figures import backprop as bp
 
@@ -102,9 +102,7 @@ def test_blend_gradients_match_torch_and_are_linear_in_t() -> None:
 def test_blend_explorer_static_form_has_one_picture_per_state() -> None:
     fig = bp.upstream_blend_explorer()
     html = fig.static_html()
-    payload = json.loads(
-        re.search(r'class="bnfig-data">(.*?)</script>', html).group(1).replace("<\\/", "</")
-    )
+    payload = figure_html.payload(html)
     assert len(payload["index"]) == len(fig.states()) <= 60
     assert len(payload["frames"]) == len(fig.states())  # every state draws its own picture
     first = base64.b64decode(payload["frames"][payload["index"]["0,0"]])

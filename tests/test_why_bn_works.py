@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import figure_html
 from bnbook.experiments import digits
 from bnbook.experiments import why_bn_works as wbw
 from bnbook.figures import why_bn_works as fig
@@ -241,16 +240,12 @@ def test_bad_arguments_are_named(call, error: type[Exception], message: str) -> 
 # -- the figures -------------------------------------------------------------------------------
 
 
-def _payload(html: str) -> dict:
-    match = re.search(r'<script type="application/json" class="bnfig-data">(.*?)</script>', html)
-    assert match
-    return json.loads(match.group(1).replace("<\\/", "</"))
 
 
 @pytest.mark.parametrize("factory", [fig.stability_explorer, fig.gradient_explosion_explorer])
 def test_every_state_renders(factory) -> None:
     figure = factory()
-    payload = _payload(figure.static_html())
+    payload = figure_html.payload(figure.static_html())
     states = figure.states()
     assert 7 <= len(states) <= 30
     assert len(payload["index"]) == len(states)

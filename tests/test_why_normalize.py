@@ -8,14 +8,13 @@ against finite differences of the loss, with and without the mean held fixed.
 from __future__ import annotations
 
 import base64
-import json
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
 
+import figure_html
 from bnbook import experiments
 from bnbook.figures import why_normalize as wn_fig
 
@@ -199,16 +198,12 @@ def test_bad_arguments_are_named(call, error: type[Exception], message: str) -> 
 # Each figure's static form is rendered once (every state) and shared by the tests below.
 
 
-def _payload(html: str) -> dict:
-    match = re.search(r'<script type="application/json" class="bnfig-data">(.*?)</script>', html)
-    assert match
-    return json.loads(match.group(1).replace("<\\/", "</"))
 
 
 class _Rendered:
     def __init__(self, figure) -> None:
         self.figure = figure
-        self.payload = _payload(figure.static_html())
+        self.payload = figure_html.payload(figure.static_html())
         self.frames = [base64.b64decode(f) for f in self.payload["frames"]]
 
     def picture(self, **params) -> bytes:
