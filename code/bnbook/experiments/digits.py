@@ -181,13 +181,14 @@ def train(
             batches = list(order[: n - n % batch_size].split(batch_size))[::-1]
         idx = batches.pop()
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-        if not math.isfinite(loss.item()):
+        value = loss.item()
+        if not math.isfinite(value):
             curves.diverged = True
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running, count = running + loss.item(), count + 1
+        running, count = running + value, count + 1
         if on_step is not None:
             on_step(step, model, loss.detach())
         if step % record_every == 0 or step == steps:
