@@ -10,18 +10,23 @@ What makes it fit for real use, not only for reading:
 * every kind of differentiation torch's own layer supports: the backward is built from
   differentiable torch ops, so a second derivative (a gradient penalty, a Hessian-vector
   product, ``torch.autograd.functional.hessian``) differentiates *through* it; the ``jvp``
-  serves forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``); and the function
-  follows the ``forward`` + ``setup_context`` form with a generated vmap rule, so
-  ``torch.func.vmap``, ``torch.func.grad`` and ``is_grads_batched=True`` work;
-* the statistics are accurate in float32 at any batch size: they are taken block by block
-  (blocks of rows of about 2 MiB), each block's mean and sum of squared deviations from it by
-  ``torch.mean`` and ``torch.sum`` (cascaded, pairwise sums on the CPU), and the blocks merged
-  with Chan's rule, so the rounding error grows like log(m), not like m (at 16 x 224 x 224
-  values per channel the output is within 1.3e-7 of float64; a sum of squares accumulated in
-  order, as ``torch.linalg.vector_norm`` does, was off by 1.8e-4). The one-pass
-  ``E[x**2] - E[x]**2`` is never used: it cancels when the mean is large against the spread
-  (float32 data around 1e4 loses its variance entirely). The blocks also keep the temporaries
-  small: on the CPU a fresh full-size temporary costs a page fault per 4 KiB;
+  serves forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``); and under a
+  torch.func transform the same forward, backward and jvp run in the ``forward`` +
+  ``setup_context`` form with a generated vmap rule
+  (:class:`BatchNormFunctionForTransforms`), so ``torch.func.vmap``, ``torch.func.grad`` and
+  ``is_grads_batched=True`` work;
+* the statistics are accurate in float32 at any batch size: the mean, then the mean of the
+  squared deviations from it, each a cascade (pairwise) sum on the CPU, so the rounding error
+  grows like log(m), not like m (at 16 x 224 x 224 values per channel the output is within
+  about 1e-7 of float64; a sum of squares accumulated in order, as
+  ``torch.linalg.vector_norm`` does, was off by 1.8e-4). The one-pass ``E[x**2] - E[x]**2`` is
+  never used: it cancels when the mean is large against the spread (float32 data around 1e4
+  loses its variance entirely);
+* few passes over memory, because at these sizes a pass costs about the same whichever op
+  makes it: the forward reads x three times (mean, centred squares, output) and the backward
+  five times, with no temporary beyond the buffers of y and dx themselves. Two of torch's
+  loss ops serve as fused elementwise steps torch otherwise lacks: the squared error is
+  ``(x - mean)**2`` in one pass, and its gradient ``2 (x - t) g`` is ``(x - mean) * dy``;
 * float16 and bfloat16 inputs are normalised in float32 and only the result is rounded back;
 * an empty batch gives an empty output, zero parameter gradients and untouched running
   statistics, as torch does;
@@ -56,6 +61,7 @@ from bnbook.validation import (
 __all__ = [
     "BatchNormArgumentError",
     "BatchNormFunction",
+    "BatchNormFunctionForTransforms",
     "batch_norm",
     "batch_renorm",
     "group_norm",
@@ -84,92 +90,67 @@ def _count(x: Tensor) -> int:
     return x.numel() // x.shape[1] if x.shape[1] else 0
 
 
-# Rows of dim 0 per block of a blocked reduction: about 2 MiB of data, and at most 8 blocks.
-# A block's temporaries then stay in the caches instead of costing full-size allocations (page
-# faults on first touch), and the per-block Python calls stay few. On the benchmark machine
-# 2 MiB blocks were faster than 256 KiB..1 MiB ones, whose extra calls cost more than they saved.
-_BLOCK_BYTES = 1 << 21
-_MAX_BLOCKS = 8
+def _transforms_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is running around this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())  # unknown torch: take the safe class
 
 
-def _blocks(*tensors: Tensor, block_bytes: int | None = None) -> zip:
-    """Split tensors of the same shape into the same blocks of rows along dim 0, each of about
-    ``block_bytes`` (default ``_BLOCK_BYTES``), at most ``_MAX_BLOCKS`` of them."""
-    x = tensors[0]
-    block_bytes = _BLOCK_BYTES if block_bytes is None else block_bytes
-    rows = max(block_bytes // max(x[:1].numel() * x.element_size(), 1), 1)
-    rows = max(rows, -(-x.shape[0] // _MAX_BLOCKS))  # ceil(N / _MAX_BLOCKS)
-    if rows >= x.shape[0]:
-        return zip(*((t,) for t in tensors), strict=True)
-    return zip(*(t.split(rows, dim=0) for t in tensors), strict=True)
+# at::Reduction::None, the elementwise (unreduced) form of torch's loss functions.
+_REDUCTION_NONE = 0
+
+# |mean| / std above which the batch mean gets a second, correcting pass (see _forward).
+_FAR_FROM_ZERO = 8.0
 
 
-def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``x``, block by block, merged with Chan's rule.
+def _centred_squares(x: Tensor, mean: Tensor, out: Tensor | None = None) -> Tensor:
+    """(x - mean)**2 elementwise, in one pass over x; into ``out`` if given.
 
-    Each block of rows is read from memory once: its mean, then the sum of its squared
-    deviations from that mean (the block is still in cache), both cascade (pairwise) sums.
-    The blocks are then merged (Chan, Golub and LeVeque): with n_k values, mean mu_k and squared
-    deviations M2_k per block, mean = sum(n_k mu_k) / m and
-    M2 = sum(M2_k) + sum(n_k (mu_k - mean)**2). The variance is thus always a sum of squares of
-    *centred* values, so a large mean cannot swamp it, and the rounding error grows like
-    log(m), not like m. Differentiable: backward calls it again, with autograd on, when a
-    second derivative is asked.
-
-    Returns:
-        (mean, var), each (C,), in ``x``'s dtype. For an empty ``x``, zeros and ones: harmless
-        stand-ins that keep every gradient finite (zero) and that are never written to the
-        running statistics.
+    torch has no fused "subtract, then square" op, but the squared error of x against the
+    broadcast mean is exactly that. Without ``out``: differentiable to any order, and batched
+    by vmap.
     """
-    m = _count(x)
-    if m == 0:
-        return x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
-    dims = _reduction_dims(x.ndim)
-    means, m2s, counts = [], [], []
-    # One temporary per block here (two in _grad_sums), so blocks may be twice as large.
-    for (b,) in _blocks(x, block_bytes=2 * _BLOCK_BYTES):
-        mu = b.mean(dim=dims)  # (C,)
-        means.append(mu)
-        m2s.append((b - _as_channel(mu, x.ndim)).pow_(2).sum(dim=dims))  # (C,)
-        counts.append(b.numel() // b.shape[1])
-    if len(means) == 1:
-        return means[0], m2s[0] / m
-    mu_k = torch.stack(means)  # (K, C)
-    n_k = torch.tensor(counts, dtype=x.dtype, device=x.device).unsqueeze(1)  # (K, 1)
-    mean = (mu_k * n_k).sum(dim=0) / m  # (C,)
-    m2 = torch.stack(m2s).sum(dim=0) + ((mu_k - mean).pow(2) * n_k).sum(dim=0)  # (C,)
-    return mean, m2 / m  # (C,), (C,) biased, / m
+    if out is not None:
+        return torch.ops.aten.mse_loss.out(x, mean.expand_as(x), _REDUCTION_NONE, out=out)
+    return torch.nn.functional.mse_loss(x, mean.expand_as(x), reduction="none")
 
 
-def _grad_sums(x: Tensor, mean: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel sum(dy) and sum(dy * (x - mean)), block by block, reading dy once.
+def _sum_dy_centred(
+    x: Tensor, mean: Tensor, dy: Tensor, dims: tuple[int, ...], fast: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-channel sum of dy * (x - mean), keepdim, and the full-size buffer it was taken from.
 
-    Returns:
-        (sum_dy, sum_dy_xc), each (C,).
+    Fast (no graph to record, no torch.func transform): the product takes one pass, through
+    the gradient of the squared error, 2 * (x - t) * g, which is "(x - mean) * dy" fused, twice
+    over (an exact factor: halving the sum changes no bit). It is written into a buffer laid
+    out like x (channels_last stays channels_last), which is returned so that the caller can
+    write dx into it instead of into a new one. Otherwise: plain differentiable ops.
     """
-    dims = _reduction_dims(x.ndim)
-    centre = _as_channel(mean, x.ndim)
-    # The centred block is multiplied in place, so each block costs one fresh buffer, not two,
-    # unless autograd records a graph (double backward needs the centred block intact) or a
-    # torch.func transform has wrapped a tensor (in-place ops then cannot mix wrapped and plain).
-    in_place = not torch.is_grad_enabled() and not any(
-        is_transform_wrapped(t) for t in (x, mean, dy)
-    )
-    parts = [
-        (d.sum(dim=dims), ((b - centre).mul_(d) if in_place else (b - centre) * d).sum(dim=dims))
-        for b, d in _blocks(x, dy)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    sum_dy, sum_dy_xc = zip(*parts, strict=True)
-    return torch.stack(sum_dy).sum(dim=0), torch.stack(sum_dy_xc).sum(dim=0)  # (C,), (C,)
+    if fast:
+        twice = torch.ops.aten.mse_loss_backward.grad_input(
+            dy, x, mean.expand_as(x), _REDUCTION_NONE, grad_input=torch.empty_like(x)
+        )
+        return twice.sum(dims, keepdim=True).mul_(0.5), twice
+    return ((x - mean) * dy).sum(dims, keepdim=True), None
 
 
 def _update_running_stats(
-    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, m: int, momentum: float
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    m: int,
+    momentum: float,
+    fast: bool,
 ) -> None:
     """PyTorch's convention: momentum weighs the new batch, and the stored variance is the
-    unbiased one (/ (m - 1)), although the batch is normalised with the biased one (/ m)."""
+    unbiased one (/ (m - 1)), although the batch is normalised with the biased one (/ m).
+    ``mean`` and ``var`` are the batch's, (C,). ``fast``: no transform is active, so no write
+    can fail half way, and the buffers are updated in place directly."""
+    if fast:  # (forward runs with autograd off: nothing here is recorded)
+        running_mean.lerp_(_cast(mean, running_mean.dtype), momentum)
+        running_var.lerp_(_cast(var, running_var.dtype) * (m / (m - 1)), momentum)
+        return
     with torch.no_grad():
         # lerp(old, new, w) = old + w * (new - old) = (1 - w) * old + w * new.
         new_mean = torch.lerp(running_mean, _cast(mean, running_mean.dtype), momentum)
@@ -192,21 +173,245 @@ def _update_running_stats(
         running_var.copy_(new_var)
 
 
+def _forward(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    fast: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, inv_std): the output and the per-channel statistics it was normalised with,
+    kept as broadcastable (1, C, 1, ...) tensors in the compute dtype.
+
+    Three passes over x in training: the mean; the centred squares, whose mean is the biased
+    variance; and y = x * scale + shift, one fused multiply-add. ``fast`` (nothing to record
+    for autograd, no transform) writes y into the squares' buffer instead of a new one.
+    """
+    cdtype = _compute_dtype(input.dtype)
+    ndim = input.ndim
+    x = _cast(input, cdtype)
+    squares = None
+    if training:
+        m = _count(x)
+        if m == 0:
+            # Harmless stand-ins that keep every gradient finite (zero); never stored.
+            shape = (1, x.shape[1]) + (1,) * (ndim - 2)
+            mean, var = x.new_zeros(shape), x.new_ones(shape)
+        else:
+            dims = _reduction_dims(ndim)
+            # Two passes, each a cascade (pairwise) sum on the CPU: the mean, then the mean of
+            # squared deviations from it. The rounding error grows like log(m), not like m,
+            # and the variance is a sum of squares of *centred* values, so a large mean cannot
+            # swamp it (E[x**2] - E[x]**2 in one pass would).
+            mean = x.mean(dims, keepdim=True)  # (1, C, 1, ...)
+            # Fast: into a buffer laid out like x, which then receives y.
+            squares = _centred_squares(x, mean, torch.empty_like(x) if fast else None)
+            var = squares.mean(dims, keepdim=True)  # (1, C, 1, ...), biased: / m
+            if fast and bool((mean.square() > _FAR_FROM_ZERO**2 * var).any()):
+                # A float32 mean is accurate to about one unit in its last place, and that
+                # error, small against the mean, is not small against the spread once the
+                # mean is far from zero: at |mean| = 100 std it would cost the output a
+                # 2e-6 relative error. The mean of the centred values, which float32 holds
+                # accurately, corrects it, for one more pass on such data only. (The
+                # variance needs no correction: it is off by (error / std)**2, relatively.)
+                mean = mean + torch.sub(x, mean, out=squares).mean(dims, keepdim=True)
+            if running_mean is not None and running_var is not None:
+                # Here, not in batch_norm: torch.func runs forward below its grad and jvp
+                # transforms, on plain tensors, so buffers captured by a transformed function
+                # can be updated (as torch's kernel updates them).
+                _update_running_stats(
+                    running_mean, running_var, mean.view(-1), var.view(-1), m, momentum, fast
+                )
+    else:
+        # Copies: the buffers may be updated by a training step before this backward runs.
+        assert running_mean is not None and running_var is not None
+        mean = _as_channel(running_mean.to(cdtype, copy=True), ndim)
+        var = _as_channel(running_var.to(cdtype, copy=True), ndim)
+    # var is this call's own (a batch statistic, or a copy): fast may overwrite it.
+    inv_std = var.add_(eps).rsqrt_() if fast else torch.rsqrt(var + eps)  # (1, C, 1, ...)
+    # y = weight * x_hat + bias = x * scale + shift, with the per-channel scale and shift
+    # computed once: one fused multiply-add over the data. (torch's CPU kernel folds the mean
+    # into the shift the same way; the rounding of x * scale then limits the output's accuracy
+    # to about eps_machine * |mean| / std, relative.)
+    scale = inv_std if weight is None else inv_std * _as_channel(_cast(weight, cdtype), ndim)
+    shift = (
+        -mean * scale
+        if bias is None
+        else torch.addcmul(_as_channel(_cast(bias, cdtype), ndim), mean, scale, value=-1)
+    )
+    if fast and squares is not None:
+        y = torch.addcmul(shift, x, scale, out=squares)  # the squares are summed: reuse them
+    else:
+        y = torch.addcmul(shift, x, scale)
+    return _cast(y, input.dtype), mean, inv_std
+
+
+def _backward(
+    ctx: Any, grad_output: Tensor, fast: bool
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """dL/d(input, weight, bias) from dL/dy, with what ``_forward`` saved on ``ctx``.
+
+    Built from differentiable ops: with autograd on (``create_graph=True``, ``torch.func.grad``
+    of ``grad``), its own graph is recorded, so a second derivative differentiates through it.
+    """
+    input, weight, mean, inv_std = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+    cdtype, ndim = mean.dtype, input.ndim
+    dims = _reduction_dims(ndim)
+    x = _cast(input, cdtype)
+    dy = _cast(grad_output, cdtype)
+    m = _count(x)
+    if ctx.training and torch.is_grad_enabled() and m > 0:
+        # A second derivative needs the statistics as functions of x, not as the constants
+        # saved by forward: the mean and variance paths of the second derivative live here.
+        mean = x.mean(dims, keepdim=True)
+        inv_std = torch.rsqrt(_centred_squares(x, mean).mean(dims, keepdim=True) + ctx.eps)
+
+    # In eval mode dx needs neither sum: take each only if a parameter gradient asks for it.
+    sum_dy = dy.sum(dims, keepdim=True) if ctx.training or need_db else None
+    sum_dy_xc, buffer = (
+        _sum_dy_centred(x, mean, dy, dims, fast) if ctx.training or need_dw else (None, None)
+    )
+    sum_dy_xhat = None if sum_dy_xc is None else sum_dy_xc * inv_std  # sum(dy * x_hat)
+
+    dx = dweight = dbias = None
+    if need_dx:
+        scale = inv_std if weight is None else inv_std * _as_channel(_cast(weight, cdtype), ndim)
+        if ctx.training:
+            assert sum_dy is not None and sum_dy_xhat is not None
+            # dx = (scale / m) * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))
+            #    = scale * dy - k * x + c,  k = scale * inv_std * sum(dy * x_hat) / m,
+            #                               c = k * mean - scale * sum(dy) / m,
+            # two fused multiply-adds with per-channel operands. The mean is folded into c:
+            # |k * mean| / |dy| ~ |mean| / (std * sqrt(m)) bounds what that rounds.
+            inv_m = 1.0 / m if m else 0.0  # an empty batch: dx is empty, any finite k, c do
+            k = scale * inv_std * sum_dy_xhat * inv_m  # (1, C, 1, ...)
+            c = torch.addcmul(k * mean, scale, sum_dy, value=-inv_m)  # (1, C, 1, ...)
+            if fast and buffer is not None:
+                dx = torch.addcmul(c, x, k, value=-1, out=buffer).addcmul_(dy, scale)
+            else:
+                dx = torch.addcmul(torch.addcmul(c, x, k, value=-1), dy, scale)
+        else:
+            # The statistics are constants here: y is affine in x, with slope weight*inv_std.
+            dx = dy * scale
+        dx = _cast(dx, input.dtype)
+    if need_dw and weight is not None:
+        assert sum_dy_xhat is not None
+        dweight = _cast(sum_dy_xhat.reshape(-1), weight.dtype)
+    if need_db and ctx.bias_dtype is not None:
+        assert sum_dy is not None
+        dbias = _cast(sum_dy.reshape(-1), ctx.bias_dtype)
+    return dx, dweight, dbias
+
+
+def _jvp(
+    ctx: Any, input_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None
+) -> Tensor | None:
+    """dy from the tangents (dx, dweight, dbias): forward-mode AD.
+
+    In training, with x_hat = (x - mean) * inv_std,
+    d mean = mean(dx), d var = 2 mean((x - mean) * (dx - d mean)),
+    d x_hat = inv_std * ((dx - d mean) - x_hat * mean(x_hat * (dx - d mean))),
+    dy = weight * d x_hat + dweight * x_hat + dbias.
+    In eval the statistics are constants: d x_hat = dx * inv_std.
+    """
+    input, weight, mean, inv_std = ctx.saved_tensors
+    cdtype, ndim = mean.dtype, input.ndim
+    dims = _reduction_dims(ndim)
+    x = input.to(cdtype)
+    x_hat = (x - mean) * inv_std  # (N, C, *spatial)
+
+    dy = None
+    if input_t is not None:
+        dx = input_t.to(cdtype)
+        if ctx.training and _count(x) > 0:
+            dxc = dx - dx.mean(dim=dims, keepdim=True)  # (N, C, *spatial)
+            # inv_std * d var / 2 = inv_std * mean((x - mean) * dxc) = mean(x_hat * dxc).
+            half = (x_hat * dxc).mean(dim=dims, keepdim=True)  # (1, C, 1, ...)
+            dx_hat = (dxc - x_hat * half) * inv_std
+        else:
+            dx_hat = dx * inv_std
+        dy = dx_hat if weight is None else dx_hat * _as_channel(weight.to(cdtype), ndim)
+    if weight_t is not None:
+        term = x_hat * _as_channel(weight_t.to(cdtype), ndim)
+        dy = term if dy is None else dy + term
+    if bias_t is not None:
+        term = _as_channel(bias_t.to(cdtype), ndim)
+        dy = term.expand_as(x_hat) if dy is None else dy + term
+    return None if dy is None else dy.to(input.dtype)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalisation with its derivatives written out: backward (reverse) and jvp (forward).
 
     ``apply(input, weight, bias, running_mean, running_var, training, momentum, eps)`` returns
-    ``(output, mean, var)``: the normalised input and the per-channel statistics it was
-    normalised with, (C,) in the compute dtype (the batch's biased variance in training, copies of
-    the running statistics otherwise). ``mean`` and ``var`` are not differentiable; they are
-    outputs because torch.func requires every tensor that backward saves to be an input or an
-    output. In training the running statistics, if given, are updated in place; they are not
-    differentiable (as in torch). ``weight`` and ``bias`` may be None. Call it through
-    :func:`batch_norm`, which validates the arguments first.
+    the normalised input. In training the running statistics, if given, are updated in place;
+    they are not differentiable (as in torch). ``weight`` and ``bias`` may be None. Call it
+    through :func:`batch_norm`, which validates the arguments first and picks this class
+    whenever no torch.func transform is active.
+
+    This is the classic form (``forward(ctx, ...)``): torch.func cannot run it, which is what
+    :class:`BatchNormFunctionForTransforms` is for, with the same forward, backward and jvp.
+    The classic form is the one used day to day because it is cheaper to call (the
+    ``setup_context`` form costs a signature binding and a second Python call per forward),
+    and because, knowing no transform is active, it may write its temporaries into the
+    buffers of its results (y, dx) instead of allocating more.
     """
 
-    # vmap runs forward, backward and jvp on batched tensors, op by op (every op used has a
-    # batching rule; the running statistics can only be updated if they are batched too).
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+    ) -> Tensor:
+        y, mean, inv_std = _forward(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, fast=True
+        )
+        # The input, not x - mean: the input is what a second derivative differentiates with
+        # respect to, and torch's own kernel keeps the same one tensor of the input's size.
+        ctx.save_for_backward(input, weight, mean, inv_std)
+        ctx.save_for_forward(input, weight, mean, inv_std)
+        ctx.training, ctx.eps = training, eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        # Grad mode is on only when a graph of the backward is wanted (create_graph=True), and
+        # grad_output is batched (by the legacy vmap of is_grads_batched=True) only when many
+        # backwards run at once: in either case every op must stay plain and out of place.
+        fast = not torch.is_grad_enabled() and not is_transform_wrapped(grad_output)
+        dx, dweight, dbias = _backward(ctx, grad_output, fast=fast)
+        return dx, dweight, dbias, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, input_t: Tensor | None, weight_t: Tensor | None,
+            bias_t: Tensor | None, *_: Any) -> Tensor | None:
+        return _jvp(ctx, input_t, weight_t, bias_t)
+
+
+class BatchNormFunctionForTransforms(torch.autograd.Function):
+    """:class:`BatchNormFunction` in the ``forward`` + ``setup_context`` form torch.func needs.
+
+    :func:`batch_norm` uses it when a torch.func transform (``vmap``, ``grad``, ``jvp``, ...)
+    is active. ``apply(...)`` (same arguments) returns ``(output, mean, inv_std)``: ``mean``
+    and ``inv_std`` are the (1, C, 1, ...) statistics the input was normalised with, not
+    differentiable; they are outputs because torch.func requires every tensor that backward
+    saves to be an input or an output. Every op is out of place, so vmap can batch it op by
+    op (``generate_vmap_rule``; the running statistics can only be updated if they are
+    batched too).
+    """
+
     generate_vmap_rule = True
 
     @staticmethod
@@ -220,135 +425,29 @@ class BatchNormFunction(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        cdtype = _compute_dtype(input.dtype)
-        ndim = input.ndim
-        x = _cast(input, cdtype)
-
-        if training:
-            mean, var = _batch_stats(x)  # (C,), (C,)
-            m = _count(x)
-            if running_mean is not None and running_var is not None and m > 0:
-                # Here, not in batch_norm: torch.func runs forward below its grad and jvp
-                # transforms, on plain tensors, so buffers captured by a transformed function
-                # can be updated (as torch's kernel updates them).
-                _update_running_stats(running_mean, running_var, mean, var, m, momentum)
-        else:
-            # Copies: the buffers may be updated by a training step before this backward runs.
-            assert running_mean is not None and running_var is not None
-            mean = running_mean.to(cdtype, copy=True)  # (C,)
-            var = running_var.to(cdtype, copy=True)  # (C,)
-        inv_std = torch.rsqrt(var + eps)  # (C,)
-        # y = weight * x_hat + bias = x * scale + shift, with the per-channel scale and shift
-        # computed once: one fused multiply-add over the data. (torch's CPU kernel folds the
-        # mean into the shift the same way; the rounding of x * scale then limits the output's
-        # accuracy to about eps_machine * |mean| / std, relative.)
-        scale = inv_std if weight is None else inv_std * _cast(weight, cdtype)  # (C,)
-        shift = -mean * scale if bias is None else _cast(bias, cdtype) - mean * scale  # (C,)
-        y = torch.addcmul(_as_channel(shift, ndim), x, _as_channel(scale, ndim))
-        return _cast(y, input.dtype), mean, var
+        return _forward(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, fast=False
+        )
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         input, weight, bias, _, _, training, _, eps = inputs
-        _, mean, var = output
-        ctx.mark_non_differentiable(mean, var)
-        # The input, not x - mean: the input is what a second derivative differentiates with
-        # respect to, and torch's own kernel keeps the same one tensor of the input's size.
-        ctx.save_for_backward(input, weight, mean, var)
-        ctx.save_for_forward(input, weight, mean, var)
-        ctx.training = training
-        ctx.eps = eps
+        _, mean, inv_std = output
+        ctx.mark_non_differentiable(mean, inv_std)
+        ctx.save_for_backward(input, weight, mean, inv_std)
+        ctx.save_for_forward(input, weight, mean, inv_std)
+        ctx.training, ctx.eps = training, eps
         ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _: Any, __: Any) -> tuple[Tensor | None, ...]:
-        """dL/d(input, weight, bias) from dL/dy. Built from differentiable ops: with autograd
-        on (``create_graph=True``, ``torch.func.grad`` of ``grad``), its own graph is recorded,
-        so a second derivative differentiates through it."""
-        input, weight, mean, var = ctx.saved_tensors
-        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        cdtype, ndim = mean.dtype, input.ndim
-        x = _cast(input, cdtype)
-        if ctx.training and torch.is_grad_enabled():
-            # A second derivative needs the statistics as functions of x, not as the constants
-            # saved by forward: the mean and variance paths of the second derivative live here.
-            mean, var = _batch_stats(x)
-        inv_std = torch.rsqrt(var + ctx.eps)  # (C,)
-        dy = _cast(grad_output, cdtype)
-        m = _count(x)
-
-        sum_dy, sum_dy_xc = _grad_sums(x, mean, dy)  # (C,), (C,)
-        sum_dy_xhat = sum_dy_xc * inv_std  # sum(dy * x_hat), (C,)
-
-        dx = dweight = dbias = None
-        if need_dx:
-            scale = inv_std if weight is None else inv_std * _cast(weight, cdtype)  # (C,)
-            if ctx.training:
-                # dx = (scale / m) * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))
-                #    = scale * (dy - h * (x - mean) - g),  g = sum(dy) / m,
-                #                                         h = inv_std * sum(dy * x_hat) / m,
-                #    = a * dy + b * x + c,  a = scale, b = -scale * h, c = scale * (h * mean - g),
-                # as two fused multiply-adds with per-channel operands (two passes, not three).
-                # The mean is folded into the shift c: |h * mean| / |dy| ~ |mean| / (std *
-                # sqrt(m)) bounds what that rounds.
-                g = sum_dy / m  # (C,)
-                h = sum_dy_xhat * inv_std / m  # (C,)
-                b = _as_channel(-scale * h, ndim)  # (1, C, 1, ...)
-                c = _as_channel(scale * (h * mean - g), ndim)  # (1, C, 1, ...)
-                dx = torch.addcmul(c, x, b).addcmul_(dy, _as_channel(scale, ndim))
-            else:
-                # The statistics are constants here: y is affine in x, with slope weight*inv_std.
-                dx = dy * _as_channel(scale, ndim)
-            dx = _cast(dx, input.dtype)
-        if need_dw and weight is not None:
-            dweight = _cast(sum_dy_xhat, weight.dtype)
-        if need_db and ctx.bias_dtype is not None:
-            dbias = _cast(sum_dy, ctx.bias_dtype)
+        dx, dweight, dbias = _backward(ctx, grad_output, fast=False)
         return dx, dweight, dbias, None, None, None, None, None
 
     @staticmethod
-    def jvp(
-        ctx: Any,
-        input_t: Tensor | None,
-        weight_t: Tensor | None,
-        bias_t: Tensor | None,
-        *_: Any,
-    ) -> tuple[Tensor | None, None, None]:
-        """dy from the tangents (dx, dweight, dbias): forward-mode AD.
-
-        In training, with x_hat = (x - mean) * inv_std,
-        d mean = mean(dx), d var = 2 mean((x - mean) * (dx - d mean)),
-        d x_hat = inv_std * ((dx - d mean) - x_hat * mean(x_hat * (dx - d mean))),
-        dy = weight * d x_hat + dweight * x_hat + dbias.
-        In eval the statistics are constants: d x_hat = dx * inv_std.
-        """
-        input, weight, mean, var = ctx.saved_tensors
-        cdtype, ndim = mean.dtype, input.ndim
-        dims = _reduction_dims(ndim)
-        x = input.to(cdtype)
-        inv_std = torch.rsqrt(var + ctx.eps)  # (C,)
-        x_hat = (x - _as_channel(mean, ndim)) * _as_channel(inv_std, ndim)  # (N, C, *spatial)
-
-        dy = None
-        if input_t is not None:
-            dx = input_t.to(cdtype)
-            if ctx.training and _count(x) > 0:
-                dxc = dx - _as_channel(dx.mean(dim=dims), ndim)  # (N, C, *spatial)
-                # inv_std * d var / 2 = inv_std * mean((x - mean) * dxc) = mean(x_hat * dxc).
-                half = (x_hat * dxc).mean(dim=dims)  # (C,)
-                dx_hat = (dxc - x_hat * _as_channel(half, ndim)) * _as_channel(inv_std, ndim)
-            else:
-                dx_hat = dx * _as_channel(inv_std, ndim)
-            dy = dx_hat if weight is None else dx_hat * _as_channel(weight.to(cdtype), ndim)
-        if weight_t is not None:
-            term = x_hat * _as_channel(weight_t.to(cdtype), ndim)
-            dy = term if dy is None else dy + term
-        if bias_t is not None:
-            term = _as_channel(bias_t.to(cdtype), ndim)
-            dy = term.expand_as(x_hat) if dy is None else dy + term
-        if dy is not None:
-            dy = dy.to(input.dtype)
-        return dy, None, None
+    def jvp(ctx: Any, input_t: Tensor | None, weight_t: Tensor | None,
+            bias_t: Tensor | None, *_: Any) -> tuple[Tensor | None, None, None]:
+        return _jvp(ctx, input_t, weight_t, bias_t), None, None
 
 
 def batch_norm(
@@ -394,7 +493,8 @@ def batch_norm(
             :mod:`bnbook.validation`.
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    y, _, _ = BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
-    )
-    return y
+    args = (input, weight, bias, running_mean, running_var, training, float(momentum), float(eps))
+    if _transforms_active():
+        y, _, _ = BatchNormFunctionForTransforms.apply(*args)
+        return y
+    return BatchNormFunction.apply(*args)
