@@ -211,7 +211,8 @@ def _forward(
             # Fast: into a buffer laid out like x, which then receives y.
             squares = _centred_squares(x, mean, torch.empty_like(x) if fast else None)
             var = squares.mean(dims, keepdim=True)  # (1, C, 1, ...), biased: / m
-            if fast and bool((mean.square() > _FAR_FROM_ZERO**2 * var).any()):
+            # Is |mean| > _FAR_FROM_ZERO * std for some channel, i.e. var - (mean / F)**2 < 0?
+            if fast and torch.addcmul(var, mean, mean, value=-_FAR_FROM_ZERO**-2).min() < 0:
                 # A float32 mean is accurate to about one unit in its last place, and that
                 # error, small against the mean, is not small against the spread once the
                 # mean is far from zero: at |mean| = 100 std it would cost the output a
