@@ -21,7 +21,10 @@ What makes it fit for real use, not only for reading:
   about 1e-7 of float64; a sum of squares accumulated in order, as
   ``torch.linalg.vector_norm`` does, was off by 1.8e-4). The one-pass ``E[x**2] - E[x]**2`` is
   never used: it cancels when the mean is large against the spread (float32 data around 1e4
-  loses its variance entirely);
+  loses its variance entirely). A channel whose mean is more than 8 standard deviations from
+  zero gets one more pass, correcting the float32 mean's last-place error, which the output
+  would otherwise feel (on the CPU, outside torch.func transforms: the check needs the data's
+  answer in Python, which on a GPU would wait for the device);
 * few passes over memory, because at these sizes a pass costs about the same whichever op
   makes it: the forward reads x three times (mean, centred squares, output) and the backward
   five times, with no temporary beyond the buffers of y and dx themselves. Two of torch's
@@ -212,7 +215,12 @@ def _forward(
             squares = _centred_squares(x, mean, torch.empty_like(x) if fast else None)
             var = squares.mean(dims, keepdim=True)  # (1, C, 1, ...), biased: / m
             # Is |mean| > _FAR_FROM_ZERO * std for some channel, i.e. var - (mean / F)**2 < 0?
-            if fast and torch.addcmul(var, mean, mean, value=-_FAR_FROM_ZERO**-2).min() < 0:
+            # Asked on the CPU only: on a GPU the answer would wait for the device every call.
+            if (
+                fast
+                and x.device.type == "cpu"
+                and torch.addcmul(var, mean, mean, value=-(_FAR_FROM_ZERO**-2)).min() < 0
+            ):
                 # A float32 mean is accurate to about one unit in its last place, and that
                 # error, small against the mean, is not small against the spread once the
                 # mean is far from zero: at |mean| = 100 std it would cost the output a
