@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def test_notebook_has_no_outputs(path: Path) -> None:
              and (cell.get("outputs") or cell.get("execution_count") is not None)]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; clear them before committing"
     assert "widgets" not in nb.metadata, f"{path.name}: stored widget state; clear it"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_cell_has_its_own_id(path: Path) -> None:
+    """nbformat 4.5 cells carry ids. nbformat.read quietly invents missing ones (with a
+    warning in every build), so the file itself is read here."""
+    raw = json.loads(path.read_text())
+    if (raw["nbformat"], raw["nbformat_minor"]) < (4, 5):
+        return
+    ids = [cell.get("id") for cell in raw["cells"]]
+    missing = [i for i, cell_id in enumerate(ids) if not cell_id]
+    assert not missing, f"{path.name}: cells {missing} have no id"
+    assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
