@@ -44,9 +44,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# _compute_dtype: float16/bfloat16 inputs are normalised in float32, by every normaliser alike.
+# _compute_dtype: float16/bfloat16 inputs are normalised in float32, by every normaliser alike;
+# _statistics: the differentiable two-pass mean and variance a second derivative goes through.
 from bnbook.normalization import (
     _compute_dtype,
+    _statistics,
     batch_renorm,
     group_norm,
     instance_norm,
@@ -259,6 +261,25 @@ def _forward(
     return _cast(y, input.dtype), mean, inv_std
 
 
+def _save(
+    ctx: Any,
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    inv_std: Tensor,
+    training: bool,
+    eps: float,
+) -> None:
+    """What ``_backward`` and ``_jvp`` read, saved alike by both Function forms."""
+    # The input, not x - mean: the input is what a second derivative differentiates with
+    # respect to, and torch's own kernel keeps the same one tensor of the input's size.
+    ctx.save_for_backward(input, weight, mean, inv_std)
+    ctx.save_for_forward(input, weight, mean, inv_std)
+    ctx.training, ctx.eps = training, eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
 def _backward(
     ctx: Any, grad_output: Tensor, fast: bool
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -277,8 +298,7 @@ def _backward(
     if ctx.training and torch.is_grad_enabled() and m > 0:
         # A second derivative needs the statistics as functions of x, not as the constants
         # saved by forward: the mean and variance paths of the second derivative live here.
-        mean = x.mean(dims, keepdim=True)
-        inv_std = torch.rsqrt(_centred_squares(x, mean).mean(dims, keepdim=True) + ctx.eps)
+        mean, _, inv_std = _statistics(x, dims, True, ctx.eps)
 
     # In eval mode dx needs neither sum: take each only if a parameter gradient asks for it.
     sum_dy = dy.sum(dims, keepdim=True) if ctx.training or need_db else None
@@ -386,12 +406,7 @@ class BatchNormFunction(torch.autograd.Function):
         y, mean, inv_std = _forward(
             input, weight, bias, running_mean, running_var, training, momentum, eps, fast=True
         )
-        # The input, not x - mean: the input is what a second derivative differentiates with
-        # respect to, and torch's own kernel keeps the same one tensor of the input's size.
-        ctx.save_for_backward(input, weight, mean, inv_std)
-        ctx.save_for_forward(input, weight, mean, inv_std)
-        ctx.training, ctx.eps = training, eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _save(ctx, input, weight, bias, mean, inv_std, training, eps)
         return y
 
     @staticmethod
@@ -443,10 +458,7 @@ class BatchNormFunctionForTransforms(torch.autograd.Function):
         input, weight, bias, _, _, training, _, eps = inputs
         _, mean, inv_std = output
         ctx.mark_non_differentiable(mean, inv_std)
-        ctx.save_for_backward(input, weight, mean, inv_std)
-        ctx.save_for_forward(input, weight, mean, inv_std)
-        ctx.training, ctx.eps = training, eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _save(ctx, input, weight, bias, mean, inv_std, training, eps)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _: Any, __: Any) -> tuple[Tensor | None, ...]:
