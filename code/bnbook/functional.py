@@ -86,8 +86,17 @@ def _reduction_dims(ndim: int) -> tuple[int, ...]:
 
 
 def _as_channel(v: Tensor, ndim: int) -> Tensor:
-    """View a (C,) vector as (1, C, 1, ...), so it broadcasts over an ``ndim``-D input."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
+    """View a (C,) vector as (1, C, 1, ...), so it broadcasts over an ``ndim``-D input.
+
+    A (C,) vector already broadcasts over an (N, C) input, and is returned as it is there (a
+    view costs a call, and this runs several times per step).
+    """
+    return v if ndim == 2 else v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _flat(stat: Tensor) -> Tensor:
+    """A per-channel statistic as a (C,) vector: itself if it is one already."""
+    return stat if stat.ndim == 1 else stat.reshape(-1)
 
 
 def _count(x: Tensor) -> int:
@@ -116,7 +125,8 @@ def _centred_squares(x: Tensor, mean: Tensor, out: Tensor | None = None) -> Tens
     by vmap.
     """
     if out is not None:
-        return torch.ops.aten.mse_loss.out(x, mean.expand_as(x), _REDUCTION_NONE, out=out)
+        # The aten op broadcasts its target (torch.nn.functional.mse_loss warns instead).
+        return torch.ops.aten.mse_loss.out(x, mean, _REDUCTION_NONE, out=out)
     return torch.nn.functional.mse_loss(x, mean.expand_as(x), reduction="none")
 
 
@@ -133,10 +143,10 @@ def _sum_dy_centred(
     """
     if fast:
         twice = torch.ops.aten.mse_loss_backward.grad_input(
-            dy, x, mean.expand_as(x), _REDUCTION_NONE, grad_input=torch.empty_like(x)
+            dy, x, mean, _REDUCTION_NONE, grad_input=torch.empty_like(x)
         )
-        return twice.sum(dims, keepdim=True).mul_(0.5), twice
-    return ((x - mean) * dy).sum(dims, keepdim=True), None
+        return twice.sum(dims, keepdim=x.ndim > 2).mul_(0.5), twice
+    return ((x - mean) * dy).sum(dims, keepdim=x.ndim > 2), None
 
 
 def _update_running_stats(
@@ -190,7 +200,8 @@ def _forward(
     fast: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, inv_std): the output and the per-channel statistics it was normalised with,
-    kept as broadcastable (1, C, 1, ...) tensors in the compute dtype.
+    kept as tensors that broadcast over the input per channel, in the compute dtype: (1, C, 1,
+    ...), or (C,) for an (N, C) input, which a (C,) vector already broadcasts over.
 
     Three passes over x in training: the mean; the centred squares, whose mean is the biased
     variance; and y = x * scale + shift, one fused multiply-add. ``fast`` (nothing to record
@@ -212,16 +223,16 @@ def _forward(
             # squared deviations from it. The rounding error grows like log(m), not like m,
             # and the variance is a sum of squares of *centred* values, so a large mean cannot
             # swamp it (E[x**2] - E[x]**2 in one pass would).
-            mean = x.mean(dims, keepdim=True)  # (1, C, 1, ...)
+            mean = x.mean(dims, keepdim=ndim > 2)  # (1, C, 1, ...), or (C,) for (N, C)
             # Fast: into a buffer laid out like x, which then receives y.
             squares = _centred_squares(x, mean, torch.empty_like(x) if fast else None)
-            var = squares.mean(dims, keepdim=True)  # (1, C, 1, ...), biased: / m
+            var = squares.mean(dims, keepdim=ndim > 2)  # biased: / m
             # Is |mean| > _FAR_FROM_ZERO * std for some channel, i.e. var - (mean / F)**2 < 0?
             # Asked on the CPU only: on a GPU the answer would wait for the device every call.
             if (
                 fast
-                and x.device.type == "cpu"
-                and torch.addcmul(var, mean, mean, value=-(_FAR_FROM_ZERO**-2)).min() < 0
+                and x.is_cpu
+                and torch.addcmul(var, mean, mean, value=-(_FAR_FROM_ZERO**-2)).min().item() < 0
             ):
                 # A float32 mean is accurate to about one unit in its last place, and that
                 # error, small against the mean, is not small against the spread once the
@@ -229,13 +240,13 @@ def _forward(
                 # 2e-6 relative error. The mean of the centred values, which float32 holds
                 # accurately, corrects it, for one more pass on such data only. (The
                 # variance needs no correction: it is off by (error / std)**2, relatively.)
-                mean = mean + torch.sub(x, mean, out=squares).mean(dims, keepdim=True)
+                mean = mean + torch.sub(x, mean, out=squares).mean(dims, keepdim=ndim > 2)
             if running_mean is not None and running_var is not None:
                 # Here, not in batch_norm: torch.func runs forward below its grad and jvp
                 # transforms, on plain tensors, so buffers captured by a transformed function
                 # can be updated (as torch's kernel updates them).
                 _update_running_stats(
-                    running_mean, running_var, mean.view(-1), var.view(-1), m, momentum, fast
+                    running_mean, running_var, _flat(mean), _flat(var), m, momentum, fast
                 )
     else:
         # Copies: the buffers may be updated by a training step before this backward runs.
@@ -243,7 +254,7 @@ def _forward(
         mean = _as_channel(running_mean.to(cdtype, copy=True), ndim)
         var = _as_channel(running_var.to(cdtype, copy=True), ndim)
     # var is this call's own (a batch statistic, or a copy): fast may overwrite it.
-    inv_std = var.add_(eps).rsqrt_() if fast else torch.rsqrt(var + eps)  # (1, C, 1, ...)
+    inv_std = var.add_(eps).rsqrt_() if fast else torch.rsqrt(var + eps)  # like var
     # y = weight * x_hat + bias = x * scale + shift, with the per-channel scale and shift
     # computed once: one fused multiply-add over the data. (torch's CPU kernel folds the mean
     # into the shift the same way; the rounding of x * scale then limits the output's accuracy
@@ -301,7 +312,7 @@ def _backward(
         mean, _, inv_std = _statistics(x, dims, True, ctx.eps)
 
     # In eval mode dx needs neither sum: take each only if a parameter gradient asks for it.
-    sum_dy = dy.sum(dims, keepdim=True) if ctx.training or need_db else None
+    sum_dy = dy.sum(dims, keepdim=ndim > 2) if ctx.training or need_db else None
     sum_dy_xc, buffer = (
         _sum_dy_centred(x, mean, dy, dims, fast) if ctx.training or need_dw else (None, None)
     )
@@ -318,8 +329,8 @@ def _backward(
             # two fused multiply-adds with per-channel operands. The mean is folded into c:
             # |k * mean| / |dy| ~ |mean| / (std * sqrt(m)) bounds what that rounds.
             inv_m = 1.0 / m if m else 0.0  # an empty batch: dx is empty, any finite k, c do
-            k = scale * inv_std * sum_dy_xhat * inv_m  # (1, C, 1, ...)
-            c = torch.addcmul(k * mean, scale, sum_dy, value=-inv_m)  # (1, C, 1, ...)
+            k = scale * inv_std * sum_dy_xhat * inv_m  # per channel
+            c = torch.addcmul(k * mean, scale, sum_dy, value=-inv_m)  # per channel
             if fast and buffer is not None:
                 dx = torch.addcmul(c, x, k, value=-1, out=buffer).addcmul_(dy, scale)
             else:
@@ -330,10 +341,10 @@ def _backward(
         dx = _cast(dx, input.dtype)
     if need_dw and weight is not None:
         assert sum_dy_xhat is not None
-        dweight = _cast(sum_dy_xhat.reshape(-1), weight.dtype)
+        dweight = _cast(_flat(sum_dy_xhat), weight.dtype)
     if need_db and ctx.bias_dtype is not None:
         assert sum_dy is not None
-        dbias = _cast(sum_dy.reshape(-1), ctx.bias_dtype)
+        dbias = _cast(_flat(sum_dy), ctx.bias_dtype)
     return dx, dweight, dbias
 
 
@@ -429,7 +440,8 @@ class BatchNormFunctionForTransforms(torch.autograd.Function):
 
     :func:`batch_norm` uses it when a torch.func transform (``vmap``, ``grad``, ``jvp``, ...)
     is active. ``apply(...)`` (same arguments) returns ``(output, mean, inv_std)``: ``mean``
-    and ``inv_std`` are the (1, C, 1, ...) statistics the input was normalised with, not
+    and ``inv_std`` are the per-channel statistics the input was normalised with (shaped to
+    broadcast over it, as ``_forward`` returns them), not
     differentiable; they are outputs because torch.func requires every tensor that backward
     saves to be an input or an output. Every op is out of place, so vmap can batch it op by
     op (``generate_vmap_rule``; the running statistics can only be updated if they are
