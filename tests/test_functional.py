@@ -469,6 +469,48 @@ def test_empty_batch_matches_torch(shape, training) -> None:
     assert torch.equal(ours[1][1], torch.zeros(3, dtype=torch.float64))
 
 
+def _all_layouts(shape: tuple[int, ...]):
+    """One tensor of ``shape`` in every memory layout a caller can hand over: contiguous, the
+    channels-last layout of its rank, with its last two dims transposed, and sliced."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(31))
+    yield "contiguous", x
+    if x.ndim in (4, 5):
+        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+        yield "channels_last", x.contiguous(memory_format=fmt)
+        big = torch.zeros((2 * shape[0], *shape[1:-1], shape[-1] + 2)).contiguous(memory_format=fmt)
+        yield "channels_last sliced", big[::2, ..., 1:-1]
+    yield "transposed", x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    big = torch.zeros((2 * shape[0], *shape[1:-1], shape[-1] + 2))
+    yield "sliced", big[::2, ..., 1:-1]
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (4, 3, 5, 6), (2, 3, 2, 3, 4),
+                                   (0, 3, 5, 6)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_output_and_gradient_layouts_match_torch(shape, training, create_graph) -> None:
+    """y and every gradient come back in the memory layout torch's kernel gives them, for every
+    pair of input and upstream-gradient layouts: x's suggested memory format (so a transposed
+    or sliced input gets contiguous results, a channels-last one channels-last results), and
+    for an empty input a dx laid out as dy. Eval-mode dx once followed dy's layout instead, so
+    ``x.grad.view(-1)`` failed where it works with torch."""
+    checked = 0
+    for x_name, x in _all_layouts(shape):
+        for dy_name, dy in _all_layouts(shape):
+            strides = {}
+            for name, fn in (("ours", batch_norm), ("torch", F.batch_norm)):
+                x_ = x.detach().requires_grad_()  # shares x's memory, and so its strides
+                w = torch.rand(shape[1], requires_grad=True)
+                b = torch.rand(shape[1], requires_grad=True)
+                rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
+                y = fn(x_, rm, rv, w, b, training, 0.1, 1e-5)
+                grads = torch.autograd.grad(y, (x_, w, b), dy, create_graph=create_graph)
+                strides[name] = [t.stride() for t in (y, *grads)]
+            assert strides["ours"] == strides["torch"], (x_name, dy_name, strides)
+            checked += 1
+    assert checked >= 9
+
+
 def test_empty_channels_last_batch_keeps_channels_last_gradients() -> None:
     for n in (0, 2):
         x = torch.randn(n, 3, 4, 4).contiguous(memory_format=torch.channels_last)

@@ -31,6 +31,8 @@ What makes it fit for real use, not only for reading:
   loss ops serve as fused elementwise steps torch otherwise lacks: the squared error is
   ``(x - mean)**2`` in one pass, and its gradient ``2 (x - t) g`` is ``(x - mean) * dy``;
 * float16 and bfloat16 inputs are normalised in float32 and only the result is rounded back;
+* the output and the input's gradient come back in the memory layout torch's kernel gives
+  them, whatever the layouts of the input and of the upstream gradient;
 * an empty batch gives an empty output, zero parameter gradients and untouched running
   statistics, as torch does;
 * one validation (:func:`bnbook.validation.check_batch_norm_args`), the same as the Triton and
@@ -43,6 +45,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+try:  # torch's own Python mirror of Tensor.suggest_memory_format (no public one yet)
+    from torch._prims_common import suggest_memory_format as _suggest_memory_format
+except ImportError:  # pragma: no cover - an older or newer torch: approximate it
+    def _suggest_memory_format(x: Tensor) -> torch.memory_format:
+        return torch.contiguous_format
 
 # _compute_dtype: float16/bfloat16 inputs are normalised in float32, by every normaliser alike;
 # _statistics: the differentiable two-pass mean and variance a second derivative goes through.
@@ -99,6 +107,33 @@ def _flat(stat: Tensor) -> Tensor:
     return stat if stat.ndim == 1 else stat.reshape(-1)
 
 
+def _output_format(x: Tensor) -> torch.memory_format | None:
+    """The memory layout torch's batch norm gives its output and input gradient, for input ``x``.
+
+    torch allocates both in ``x.suggest_memory_format()``: channels_last (or channels_last_3d)
+    when x's strides are ordered like it, else contiguous, so a transposed or sliced input
+    gets a contiguous output. None when x is empty (torch's empty-input path makes y a clone of
+    x and dx follows dy) or wrapped by a torch.func transform (no strides to read).
+    """
+    if x.numel() == 0 or is_transform_wrapped(x):
+        return None
+    if x.is_contiguous():  # the two common cases first: the full rule costs ~30 us
+        return torch.contiguous_format
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return _suggest_memory_format(x)
+
+
+def _buffer_like(x: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    """An uninitialised tensor shaped like x, in layout ``fmt`` (x's own if None)."""
+    return torch.empty_like(x) if fmt is None else torch.empty_like(x, memory_format=fmt)
+
+
+def _in_format(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    """``t`` in layout ``fmt``: itself if it already is (or if fmt is None), else a copy."""
+    return t if fmt is None else t.contiguous(memory_format=fmt)
+
+
 def _count(x: Tensor) -> int:
     """m, the number of values each channel's statistics are taken over (0 for an empty input)."""
     return x.numel() // x.shape[1] if x.shape[1] else 0
@@ -131,19 +166,24 @@ def _centred_squares(x: Tensor, mean: Tensor, out: Tensor | None = None) -> Tens
 
 
 def _sum_dy_centred(
-    x: Tensor, mean: Tensor, dy: Tensor, dims: tuple[int, ...], fast: bool
+    x: Tensor,
+    mean: Tensor,
+    dy: Tensor,
+    dims: tuple[int, ...],
+    fast: bool,
+    fmt: torch.memory_format | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-channel sum of dy * (x - mean), keepdim, and the full-size buffer it was taken from.
 
     Fast (no graph to record, no torch.func transform): the product takes one pass, through
     the gradient of the squared error, 2 * (x - t) * g, which is "(x - mean) * dy" fused, twice
-    over (an exact factor: halving the sum changes no bit). It is written into a buffer laid
-    out like x (channels_last stays channels_last), which is returned so that the caller can
+    over (an exact factor: halving the sum changes no bit). It is written into a buffer in
+    layout ``fmt`` (dx's, see :func:`_output_format`), which is returned so that the caller can
     write dx into it instead of into a new one. Otherwise: plain differentiable ops.
     """
     if fast:
         twice = torch.ops.aten.mse_loss_backward.grad_input(
-            dy, x, mean, _REDUCTION_NONE, grad_input=torch.empty_like(x)
+            dy, x, mean, _REDUCTION_NONE, grad_input=_buffer_like(x, fmt)
         )
         return twice.sum(dims, keepdim=x.ndim > 2).mul_(0.5), twice
     return ((x - mean) * dy).sum(dims, keepdim=x.ndim > 2), None
@@ -209,6 +249,7 @@ def _forward(
     """
     cdtype = _compute_dtype(input.dtype)
     ndim = input.ndim
+    fmt = _output_format(input)  # y's layout, torch's choice
     x = _cast(input, cdtype)
     squares = None
     if training:
@@ -224,8 +265,8 @@ def _forward(
             # and the variance is a sum of squares of *centred* values, so a large mean cannot
             # swamp it (E[x**2] - E[x]**2 in one pass would).
             mean = x.mean(dims, keepdim=ndim > 2)  # (1, C, 1, ...), or (C,) for (N, C)
-            # Fast: into a buffer laid out like x, which then receives y.
-            squares = _centred_squares(x, mean, torch.empty_like(x) if fast else None)
+            # Fast: into a buffer in y's layout, which then receives y.
+            squares = _centred_squares(x, mean, _buffer_like(x, fmt) if fast else None)
             var = squares.mean(dims, keepdim=ndim > 2)  # biased: / m
             # Is |mean| > _FAR_FROM_ZERO * std for some channel, i.e. var - (mean / F)**2 < 0?
             # Asked on the CPU only: on a GPU the answer would wait for the device every call.
@@ -267,8 +308,10 @@ def _forward(
     )
     if fast and squares is not None:
         y = torch.addcmul(shift, x, scale, out=squares)  # the squares are summed: reuse them
+    elif fast and fmt is not None:
+        y = torch.addcmul(shift, x, scale, out=_buffer_like(x, fmt))
     else:
-        y = torch.addcmul(shift, x, scale)
+        y = _in_format(torch.addcmul(shift, x, scale), fmt)
     return _cast(y, input.dtype), mean, inv_std
 
 
@@ -306,6 +349,8 @@ def _backward(
     x = _cast(input, cdtype)
     dy = _cast(grad_output, cdtype)
     m = _count(x)
+    # dx's layout, torch's choice (none to read from a gradient batched by the legacy vmap).
+    fmt = None if is_transform_wrapped(grad_output) else _output_format(input)
     if ctx.training and torch.is_grad_enabled() and m > 0:
         # A second derivative needs the statistics as functions of x, not as the constants
         # saved by forward: the mean and variance paths of the second derivative live here.
@@ -314,30 +359,39 @@ def _backward(
     # In eval mode dx needs neither sum: take each only if a parameter gradient asks for it.
     sum_dy = dy.sum(dims, keepdim=ndim > 2) if ctx.training or need_db else None
     sum_dy_xc, buffer = (
-        _sum_dy_centred(x, mean, dy, dims, fast) if ctx.training or need_dw else (None, None)
+        _sum_dy_centred(x, mean, dy, dims, fast, fmt)
+        if ctx.training or need_dw
+        else (None, None)
     )
     sum_dy_xhat = None if sum_dy_xc is None else sum_dy_xc * inv_std  # sum(dy * x_hat)
 
     dx = dweight = dbias = None
     if need_dx:
         scale = inv_std if weight is None else inv_std * _as_channel(_cast(weight, cdtype), ndim)
-        if ctx.training:
+        if m == 0:
+            # An empty input: torch's kernel is skipped for y = x * weight[0] + bias[0] on a
+            # clone of x, whose gradient is dy * weight[0], laid out as dy is.
+            dx = dy * scale
+        elif ctx.training:
             assert sum_dy is not None and sum_dy_xhat is not None
             # dx = (scale / m) * (m * dy - sum(dy) - x_hat * sum(dy * x_hat))
             #    = scale * dy - k * x + c,  k = scale * inv_std * sum(dy * x_hat) / m,
             #                               c = k * mean - scale * sum(dy) / m,
             # two fused multiply-adds with per-channel operands. The mean is folded into c:
             # |k * mean| / |dy| ~ |mean| / (std * sqrt(m)) bounds what that rounds.
-            inv_m = 1.0 / m if m else 0.0  # an empty batch: dx is empty, any finite k, c do
+            inv_m = 1.0 / m
             k = scale * inv_std * sum_dy_xhat * inv_m  # per channel
             c = torch.addcmul(k * mean, scale, sum_dy, value=-inv_m)  # per channel
             if fast and buffer is not None:
                 dx = torch.addcmul(c, x, k, value=-1, out=buffer).addcmul_(dy, scale)
             else:
-                dx = torch.addcmul(torch.addcmul(c, x, k, value=-1), dy, scale)
-        else:
+                dx = _in_format(torch.addcmul(torch.addcmul(c, x, k, value=-1), dy, scale), fmt)
+        elif fast:
             # The statistics are constants here: y is affine in x, with slope weight*inv_std.
-            dx = dy * scale
+            # Into the product's buffer if weight's gradient made one (its sum is taken).
+            dx = torch.mul(dy, scale, out=_buffer_like(x, fmt) if buffer is None else buffer)
+        else:
+            dx = _in_format(dy * scale, fmt)
         dx = _cast(dx, input.dtype)
     if need_dw and weight is not None:
         assert sum_dy_xhat is not None
@@ -516,7 +570,10 @@ def batch_norm(
 
     Returns:
         The normalised tensor, shaped like ``input`` and in its dtype (float16/bfloat16 inputs
-        are computed in float32).
+        are computed in float32). It and the gradient of ``input`` are laid out as torch lays
+        out its own: in ``input.suggest_memory_format()`` (channels_last in, channels_last out;
+        a transposed or sliced input gives contiguous results), and for an empty input the
+        gradient is laid out as the upstream gradient.
 
     Raises:
         TypeError: if an argument has the wrong Python type (as torch).
