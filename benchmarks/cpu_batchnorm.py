@@ -7,7 +7,9 @@ Run from the repository root::
 What is measured, each contender side by side in ONE process:
 
 1. ``bnbook.functional.batch_norm`` forward + backward against torch's native kernel
-   (``torch.nn.functional.batch_norm``), float32, on (64, 64, 28, 28) and on an (N, C) input.
+   (``torch.nn.functional.batch_norm``), float32, on (64, 64, 28, 28) and on (4096, 256), and
+   on (32, 256), where the passes over memory cost almost nothing and the ratio is that of the
+   costs per call (no target).
    Reported ratio: ours / native, taken round by round (below); target <= 1.5. A third
    contender, "passes", runs only the full-size tensor operations of ours (the nine passes over
    memory of its training forward and backward), without argument checks, autograd or
@@ -17,8 +19,9 @@ What is measured, each contender side by side in ONE process:
    autograd adds to any layer written in Python, before a single check or per-channel
    operation.
 2. The NumPy reference's compact backward against its staged (node-by-node) backward.
-   Reported ratio: staged / compact; expected between 7/6 and 25/16, the range the backprop
-   chapter derives from the two versions' counts of allocations and of arrays moved.
+   Reported ratio: staged / compact; expected between 7/6 and 8/5, the range the backprop
+   chapter derives from the two versions' counts of allocations and of arrays read and
+   written.
 3. The book: a clean build (``python -m bnbook.bookexec``, then ``jupyter-book build``, as
    ``make book`` runs them) of a copy of the repository in a temporary folder,
    then a rebuild with nothing changed (served from the execution cache). Wall seconds.
@@ -237,7 +240,9 @@ def _passes_in_function(
 def torch_rows(repeats: int, warmup: int) -> list[dict]:
     """bnbook.functional vs native batch norm, forward + backward in training mode."""
     rows = []
-    for shape in [(64, 64, 28, 28), (4096, 256)]:
+    # The third shape is small enough for the passes to cost almost nothing: what remains is
+    # the cost per call (Python, autograd, per-channel ops), which no size target applies to.
+    for shape, target in [((64, 64, 28, 28), 1.5), ((4096, 256), 1.5), ((32, 256), None)]:
         g = torch.Generator().manual_seed(0)
         c = shape[1]
         x = torch.randn(shape, generator=g).requires_grad_()
@@ -268,8 +273,8 @@ def torch_rows(repeats: int, warmup: int) -> list[dict]:
                 "ratio_of_medians": timed["ours"]["median_s"] / timed["native"]["median_s"],
                 "passes_ratio": paired["passes"]["median"],
                 "function_ratio": paired["passes in a Function"]["median"],
-                "target": "<= 1.5",
-                "target_met": ratio <= 1.5,
+                "target": None if target is None else f"<= {target}",
+                "target_met": None if target is None else ratio <= target,
             }
         )
     return rows
@@ -299,8 +304,8 @@ def numpy_row(repeats: int, warmup: int) -> dict:
         "ratio_definition": "staged / compact (median of per-round ratios)",
         "ratio_p10_p90": [paired["p10"], paired["p90"]],
         "ratio_of_medians": timed["staged"]["median_s"] / timed["compact"]["median_s"],
-        "target": "7/6 to 25/16 (the backprop chapter's bound)",
-        "target_met": 7 / 6 <= ratio <= 25 / 16,
+        "target": "7/6 to 8/5 (the backprop chapter's bound)",
+        "target_met": 7 / 6 <= ratio <= 8 / 5,
     }
 
 
@@ -416,8 +421,8 @@ def markdown(results: dict) -> str:
             continue
         for i, (name, t) in enumerate(row["contenders"].items()):
             tail = (
-                f"{row['ratio']:.2f} ({row['ratio_definition']}) | {row['target']} | "
-                f"{'yes' if row['target_met'] else 'NO'}"
+                f"{row['ratio']:.2f} ({row['ratio_definition']}) | {row['target'] or '-'} | "
+                f"{ {True: 'yes', False: 'NO', None: '-'}[row['target_met']]}"
                 if i == 0
                 else " | |"
             )

@@ -123,7 +123,7 @@ def test_transform_gives_the_papers_reasons_not_to_whiten() -> None:
 def test_backprop_sources_the_claim_and_bounds_with_the_temporary() -> None:
     text = _prose("backprop")
     assert "cs231n2024bnnotebook" in text and "a bit faster" in text
-    assert "7/6" in text and "25/16" in text
+    assert "7/6" in text and "8/5" in text and "25/16" in text
     assert "at most about that much faster" not in text
     bib = (CHAPTERS / "references.bib").read_text()
     assert "@misc{cs231n2024bnnotebook," in bib
