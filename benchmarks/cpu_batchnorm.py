@@ -334,7 +334,11 @@ def book_row(results: dict | None = None) -> dict:
                     command,
                     capture_output=True,
                     text=True,
-                    env={**os.environ, "MPLBACKEND": "Agg"},
+                    # The copy's own package first: the chapters find the results file (and
+                    # everything else) through bnbook's location, which would otherwise be
+                    # the installed one, in the repository being measured.
+                    env={**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(
+                        [str(copy / "code"), *filter(None, [os.environ.get("PYTHONPATH")])])},
                     check=False,
                 )
                 failures += [line for line in (proc.stdout + proc.stderr).splitlines()
