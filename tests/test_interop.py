@@ -219,3 +219,33 @@ def test_torch_jit_script_refuses() -> None:
     torch.jit.script(nn.BatchNorm2d(3))
     with pytest.raises(RuntimeError):
         torch.jit.script(bm.BatchNorm2d(3))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_compile_runs_and_matches_torch(training) -> None:
+    """Works: ``torch.compile`` runs a model holding our layer, three SGD steps equal torch's
+    eager layer (outputs, every gradient, the state). Dynamo compiles the code around the layer
+    and breaks its graph inside it (the autograd Function defines a custom jvp, which Dynamo
+    cannot trace, and the far-mean check reads a value); those parts run eagerly."""
+    ours, theirs = _models()
+    ours.train(training)
+    theirs.train(training)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(ours, backend="eager")  # Dynamo's tracing, no code generation
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for x in _batches():
+        for model, opt in ((compiled, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        torch.testing.assert_close(compiled(x), theirs(x), rtol=1e-10, atol=1e-12)
+        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12)
+        _assert_same_state(ours, theirs)
+    breaks = " ".join(torch._dynamo.utils.counters["graph_break"])
+    assert "jvp" in breaks, breaks
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # no single graph: fullgraph refuses
+        torch.compile(ours, backend="eager", fullgraph=True)(_batches(1)[0])

@@ -28,6 +28,12 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   classes; :func:`to_torch` turns them into torch's (same state) first. :func:`from_torch` goes
   the other way.
 
+* ``torch.compile``: runs a model holding them, with the same results as torch's layers.
+  Dynamo compiles the code around the layer and breaks its graph inside it (the layer's
+  autograd Function defines a custom ``jvp``, which Dynamo cannot trace), so that part runs
+  eagerly; ``fullgraph=True`` therefore fails, and Dynamo may warn about the layer's checks for
+  torch.func wrappers it cannot trace. :func:`to_torch` gives torch's layers, which compile
+  whole.
 * ``torch.jit.script`` (deprecated in torch 2.13) refuses them: TorchScript cannot compile a
   Python ``autograd.Function``. Use ``torch.fx``, or :func:`to_torch` before scripting.
 
