@@ -249,3 +249,25 @@ def test_torch_compile_runs_and_matches_torch(training) -> None:
     torch._dynamo.reset()
     with pytest.raises(torch._dynamo.exc.Unsupported):  # no single graph: fullgraph refuses
         torch.compile(ours, backend="eager", fullgraph=True)(_batches(1)[0])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_export_exports_our_arithmetic(training) -> None:
+    """Works: ``torch.export`` traces our layer into plain aten ops (the plain-ops form of the
+    Function; the everyday form writes into its outputs' buffers, which a tracer refuses), and
+    the exported program computes what torch's layer computes, running statistics included.
+    It once failed with "addcmul(): functions with out=... arguments don't support automatic
+    differentiation"."""
+    ours, theirs = _models()
+    ours.train(training)
+    theirs.train(training)
+    x = _batches(1)[0]
+    program = torch.export.export(ours, (x,))
+    ops = {str(node.target) for graph in program.graph_module.modules()  # with subgraphs
+           for node in graph.graph.nodes if node.op == "call_function"}
+    assert "aten.addcmul.default" in ops and not any("batch_norm" in op for op in ops), ops
+    if training:
+        assert "aten.mse_loss.default" in ops, ops
+    exported = program.module()
+    torch.testing.assert_close(exported(x), theirs(x), rtol=1e-10, atol=1e-12)
+    _assert_same_state(exported, theirs)

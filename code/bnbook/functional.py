@@ -14,7 +14,8 @@ What makes it fit for real use, not only for reading:
   torch.func transform the same forward, backward and jvp run in the ``forward`` +
   ``setup_context`` form with a generated vmap rule
   (:class:`BatchNormFunctionForTransforms`), so ``torch.func.vmap``, ``torch.func.grad`` and
-  ``is_grads_batched=True`` work;
+  ``is_grads_batched=True`` work; that form, out of place throughout, also serves tracers
+  (``torch.export``, ``torch.compile``), which refuse ops that write into a given output;
 * the statistics are accurate in float32 at any batch size: the mean, then the mean of the
   squared deviations from it, each a cascade (pairwise) sum on the CPU, so the rounding error
   grows like log(m), not like m (at 16 x 224 x 224 values per channel the output is within
@@ -446,7 +447,8 @@ class BatchNormFunction(torch.autograd.Function):
     the normalised input. In training the running statistics, if given, are updated in place;
     they are not differentiable (as in torch). ``weight`` and ``bias`` may be None. Call it
     through :func:`batch_norm`, which validates the arguments first and picks this class
-    whenever no torch.func transform is active.
+    whenever no torch.func transform and no tracer (``torch.export``, ``torch.compile``) is
+    active.
 
     This is the classic form (``forward(ctx, ...)``): torch.func cannot run it, which is what
     :class:`BatchNormFunctionForTransforms` is for, with the same forward, backward and jvp.
@@ -493,13 +495,13 @@ class BatchNormFunctionForTransforms(torch.autograd.Function):
     """:class:`BatchNormFunction` in the ``forward`` + ``setup_context`` form torch.func needs.
 
     :func:`batch_norm` uses it when a torch.func transform (``vmap``, ``grad``, ``jvp``, ...)
-    is active. ``apply(...)`` (same arguments) returns ``(output, mean, inv_std)``: ``mean``
-    and ``inv_std`` are the per-channel statistics the input was normalised with (shaped to
-    broadcast over it, as ``_forward`` returns them), not
-    differentiable; they are outputs because torch.func requires every tensor that backward
-    saves to be an input or an output. Every op is out of place, so vmap can batch it op by
-    op (``generate_vmap_rule``; the running statistics can only be updated if they are
-    batched too).
+    or a tracer (``torch.export``, ``torch.compile``) is active. ``apply(...)`` (same
+    arguments) returns ``(output, mean, inv_std)``: ``mean`` and ``inv_std`` are the
+    per-channel statistics the input was normalised with (shaped to broadcast over it, as
+    ``_forward`` returns them), not differentiable; they are outputs because torch.func
+    requires every tensor that backward saves to be an input or an output. Every op is out
+    of place, so vmap can batch it op by op (``generate_vmap_rule``; the running statistics
+    can only be updated if they are batched too), and a tracer can record it.
     """
 
     generate_vmap_rule = True
@@ -584,7 +586,8 @@ def batch_norm(
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
     args = (input, weight, bias, running_mean, running_var, training, float(momentum), float(eps))
-    if _transforms_active():
+    if _transforms_active() or torch.compiler.is_compiling():
+        # torch.func transforms, and tracers (torch.export, torch.compile): plain ops only.
         y, _, _ = BatchNormFunctionForTransforms.apply(*args)
         return y
     return BatchNormFunction.apply(*args)

@@ -34,6 +34,11 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   eagerly; ``fullgraph=True`` therefore fails, and Dynamo may warn about the layer's checks for
   torch.func wrappers it cannot trace. :func:`to_torch` gives torch's layers, which compile
   whole.
+* ``torch.export``: exports them, in training and in eval. The program holds our arithmetic
+  as plain aten ops (the means, the squared error, rsqrt, the fused multiply-adds; no batch
+  norm op) and updates the running statistics as torch's exported layer does. While a tracer
+  runs, :func:`bnbook.functional.batch_norm` takes the out-of-place form it uses under
+  torch.func.
 * ``torch.jit.script`` (deprecated in torch 2.13) refuses them: TorchScript cannot compile a
   Python ``autograd.Function``. Use ``torch.fx``, or :func:`to_torch` before scripting.
 
