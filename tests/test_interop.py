@@ -271,3 +271,45 @@ def test_torch_export_exports_our_arithmetic(training) -> None:
     exported = program.module()
     torch.testing.assert_close(exported(x), theirs(x), rtol=1e-10, atol=1e-12)
     _assert_same_state(exported, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("training", [True, False])
+def test_autocast_gives_torch_dtypes_and_values(dtype, training) -> None:
+    """Works: under ``torch.autocast("cpu")`` a Linear feeds our layer a half-precision input;
+    the output has torch's dtype and values, and the gradients and running statistics agree
+    with torch's to float32 rounding (ours normalises in float32 and rounds once, as torch)."""
+    torch.manual_seed(3)
+    ours = nn.Sequential(nn.Linear(8, 6), bm.BatchNorm1d(6), nn.ReLU()).train(training)
+    theirs = bm.to_torch(copy.deepcopy(ours)).train(training)
+    x = torch.randn(16, 8)
+    results = []
+    for model in (ours, theirs):
+        x_ = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y = model(x_)
+        y.float().square().sum().backward()
+        results.append((y, x_.grad, model[1].weight.grad, model[1].bias.grad,
+                        model[1].running_mean, model[1].running_var))
+    (y, *rest), (y_t, *rest_t) = results
+    assert y.dtype == y_t.dtype == dtype
+    assert torch.equal(y, y_t)
+    for a, t in zip(rest, rest_t, strict=True):
+        torch.testing.assert_close(a, t, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_matches_torch() -> None:
+    """Works: ``torch.utils.checkpoint`` recomputes our layer's forward during backward, with
+    torch's layer's results, including its side effect: the running statistics are updated
+    twice, once per forward, as torch's are."""
+    ours, theirs = _models()
+    x = _batches(1)[0]
+    grads = []
+    for model in (ours, theirs):
+        x_ = x.clone().requires_grad_()
+        y = torch.utils.checkpoint.checkpoint(model, x_, use_reentrant=False)
+        y.square().sum().backward()
+        grads.append(x_.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    _assert_same_state(ours, theirs)
+    assert ours[1].num_batches_tracked.item() == 2

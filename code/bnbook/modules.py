@@ -39,6 +39,8 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   norm op) and updates the running statistics as torch's exported layer does. While a tracer
   runs, :func:`bnbook.functional.batch_norm` takes the out-of-place form it uses under
   torch.func.
+* ``torch.autocast`` (CPU, bfloat16 or float16): the output has torch's dtype and values;
+  ``torch.utils.checkpoint``: recomputes them as torch's, running statistics updated twice.
 * ``torch.jit.script`` (deprecated in torch 2.13) refuses them: TorchScript cannot compile a
   Python ``autograd.Function``. Use ``torch.fx``, or :func:`to_torch` before scripting.
 
