@@ -313,3 +313,21 @@ def test_activation_checkpointing_matches_torch() -> None:
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
     _assert_same_state(ours, theirs)
     assert ours[1].num_batches_tracked.item() == 2
+
+
+def test_fx_fuse_leaves_our_layer_unfused() -> None:
+    """Works, without folding: ``torch.fx.experimental.optimization.fuse`` matches modules by
+    exact type, so it folds torch's batch norm into the convolution before it but leaves ours
+    in place (the model still computes the same); :func:`to_torch` first folds it."""
+    from torch.fx.experimental.optimization import fuse
+
+    ours, _ = _models()
+    ours.eval()
+    x = _batches(1)[0]
+    kept = fuse(ours)
+    assert "1.running_mean" in kept.state_dict()  # the layer's state, still there
+    torch.testing.assert_close(kept(x), ours(x), rtol=1e-10, atol=1e-12)
+    folded = fuse(bm.to_torch(copy.deepcopy(ours)))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert not any("running_mean" in key for key in folded.state_dict())
+    torch.testing.assert_close(folded(x), ours(x), rtol=1e-10, atol=1e-12)

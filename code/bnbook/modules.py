@@ -28,6 +28,8 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   classes; :func:`to_torch` turns them into torch's (same state) first. :func:`from_torch` goes
   the other way.
 
+* ``torch.fx.experimental.optimization.fuse``: matches modules by exact type, so it leaves our
+  layers unfused (the model still computes the same); :func:`to_torch` first to fold them.
 * ``torch.compile``: runs a model holding them, with the same results as torch's layers.
   Dynamo compiles the code around the layer and breaks its graph inside it (the layer's
   autograd Function defines a custom ``jvp``, which Dynamo cannot trace), so that part runs
