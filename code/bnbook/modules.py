@@ -27,7 +27,6 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
 * ``torch.ao.quantization.fuse_modules``: picks its fuser by exact type, so it does not know our
   classes; :func:`to_torch` turns them into torch's (same state) first. :func:`from_torch` goes
   the other way.
-
 * ``torch.fx.experimental.optimization.fuse``: matches modules by exact type, so it leaves our
   layers unfused (the model still computes the same); :func:`to_torch` first to fold them.
 * ``torch.compile``: runs a model holding them, with the same results as torch's layers.
@@ -41,8 +40,9 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   norm op) and updates the running statistics as torch's exported layer does. While a tracer
   runs, :func:`bnbook.functional.batch_norm` takes the out-of-place form it uses under
   torch.func.
-* ``torch.autocast`` (CPU, bfloat16 or float16): the output has torch's dtype and values;
-  ``torch.utils.checkpoint``: recomputes them as torch's, running statistics updated twice.
+* ``torch.autocast`` (CPU, bfloat16 or float16): the output has torch's dtype and values.
+* ``torch.utils.checkpoint``: recomputes them as torch's, the running statistics updated twice
+  (once per forward), as torch's are.
 * ``torch.jit.script`` (deprecated in torch 2.13) refuses them: TorchScript cannot compile a
   Python ``autograd.Function``. Use ``torch.fx``, or :func:`to_torch` before scripting.
 
