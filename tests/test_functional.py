@@ -311,6 +311,22 @@ def test_fast_form_equals_transform_form(shape, channels_last, training, dtype) 
 
 
 @pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("transform", ["jacfwd", "jacrev"])
+def test_torch_func_jacobians_match_torch(training, transform) -> None:
+    """torch.func.jacfwd (vmap over jvp: the forward-mode derivative, batched) and jacrev (vmap
+    over vjp: the backward, batched) give torch's full Jacobian, in float64."""
+    x, w, b, rm, rv = _inputs((5, 3, 2), seed=33)
+    jac = getattr(torch.func, transform)
+
+    def of(fn):
+        return lambda x_: fn(x_, rm.clone(), rv.clone(), w, b, training, 0.0, 1e-5)
+
+    expected = jac(of(F.batch_norm))(x)
+    assert expected.shape == (*x.shape, *x.shape) and expected.abs().max() > 0.1
+    torch.testing.assert_close(jac(of(batch_norm))(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
 def test_hessian_matches_torch(training) -> None:
     """torch.autograd.functional.hessian (double backward) and torch.func.hessian (forward over
     reverse) through our layer equal torch's; the once-differentiable backward gave 0."""
