@@ -32,9 +32,8 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
 * ``torch.compile``: runs a model holding them, with the same results as torch's layers.
   Dynamo compiles the code around the layer and breaks its graph inside it (the layer's
   autograd Function defines a custom ``jvp``, which Dynamo cannot trace), so that part runs
-  eagerly; ``fullgraph=True`` therefore fails, and Dynamo may warn about the layer's checks for
-  torch.func wrappers it cannot trace. :func:`to_torch` gives torch's layers, which compile
-  whole.
+  eagerly, and ``fullgraph=True`` therefore fails. :func:`to_torch` gives torch's layers, which
+  compile whole.
 * ``torch.export``: exports them, in training and in eval. The program holds our arithmetic
   as plain aten ops (the means, the squared error, rsqrt, the fused multiply-adds; no batch
   norm op) and updates the running statistics as torch's exported layer does. While a tracer

@@ -72,7 +72,9 @@ def is_transform_wrapped(t: Any) -> bool:
     Such a tensor has no storage of its own, and an in-place op on it, or on a plain tensor
     with it as the other operand, can fail; backends check before taking either shortcut.
     """
-    if not isinstance(t, Tensor):
+    if not isinstance(t, Tensor) or torch.compiler.is_compiling():
+        # While torch.compile or torch.export traces, tensors are the tracer's own, which the
+        # checks below cannot see through (Dynamo warns and breaks its graph on them).
         return False
     functorch = getattr(torch._C, "_functorch", None)  # torch's own checks; no public one yet
     for name in ("is_functorch_wrapped_tensor", "is_legacy_batchedtensor"):
