@@ -323,7 +323,8 @@ def test_activation_checkpointing_matches_torch() -> None:
 def test_fx_fuse_leaves_our_layer_unfused() -> None:
     """Works, without folding: ``torch.fx.experimental.optimization.fuse`` matches modules by
     exact type, so it folds torch's batch norm into the convolution before it but leaves ours
-    in place (the model still computes the same); :func:`to_torch` first folds it."""
+    in place (the model still computes the same); :func:`to_torch` first folds it.
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval`` folds ours directly."""
     from torch.fx.experimental.optimization import fuse
 
     ours, _ = _models()
@@ -336,3 +337,8 @@ def test_fx_fuse_leaves_our_layer_unfused() -> None:
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     assert not any("running_mean" in key for key in folded.state_dict())
     torch.testing.assert_close(folded(x), ours(x), rtol=1e-10, atol=1e-12)
+    # The one-pair utility reads the layer's attributes, and takes ours as it is.
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pair = fuse_conv_bn_eval(copy.deepcopy(ours[0]), ours[1])
+    torch.testing.assert_close(ours[2](pair(x)), ours(x), rtol=1e-10, atol=1e-12)

@@ -29,6 +29,7 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   the other way.
 * ``torch.fx.experimental.optimization.fuse``: matches modules by exact type, so it leaves our
   layers unfused (the model still computes the same); :func:`to_torch` first to fold them.
+  ``torch.nn.utils.fusion.fuse_conv_bn_eval`` folds ours as it is.
 * ``torch.compile``: runs a model holding them, with the same results as torch's layers.
   Dynamo compiles the code around the layer and breaks its graph inside it (the layer's
   autograd Function defines a custom ``jvp``, which Dynamo cannot trace), so that part runs
