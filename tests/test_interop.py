@@ -258,9 +258,11 @@ def test_torch_compile_runs_and_matches_torch(training) -> None:
 
 @pytest.mark.parametrize("training", [True, False])
 def test_torch_export_exports_our_arithmetic(training) -> None:
-    """Works: ``torch.export`` traces our layer into plain aten ops (the plain-ops form of the
-    Function; the everyday form writes into its outputs' buffers, which a tracer refuses), and
-    the exported program computes what torch's layer computes, running statistics included.
+    """Works: ``torch.export`` (non-strict, its default) traces our layer into plain aten ops
+    (the plain-ops form of the Function; the everyday form writes into its outputs' buffers,
+    which a tracer refuses), and the exported program computes what torch's layer computes,
+    running statistics included. Strict export traces with Dynamo, and refuses, as
+    ``torch.compile(fullgraph=True)`` does.
     It once failed with "addcmul(): functions with out=... arguments don't support automatic
     differentiation"."""
     ours, theirs = _models()
@@ -276,6 +278,8 @@ def test_torch_export_exports_our_arithmetic(training) -> None:
     exported = program.module()
     torch.testing.assert_close(exported(x), theirs(x), rtol=1e-10, atol=1e-12)
     _assert_same_state(exported, theirs)
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # strict export traces with Dynamo
+        torch.export.export(ours, (x,), strict=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -35,11 +35,12 @@ How torch's tools treat these layers (each is pinned by ``tests/test_interop.py`
   autograd Function defines a custom ``jvp``, which Dynamo cannot trace), so that part runs
   eagerly, and ``fullgraph=True`` therefore fails. :func:`to_torch` gives torch's layers, which
   compile whole.
-* ``torch.export``: exports them, in training and in eval. The program holds our arithmetic
-  as plain aten ops (the means, the squared error, rsqrt, the fused multiply-adds; no batch
-  norm op) and updates the running statistics as torch's exported layer does. While a tracer
-  runs, :func:`bnbook.functional.batch_norm` takes the out-of-place form it uses under
-  torch.func.
+* ``torch.export``: exports them, in training and in eval (non-strict, its default; with
+  ``strict=True`` it traces with Dynamo and fails as ``fullgraph=True`` does). The program
+  holds our arithmetic as plain aten ops (the means, the squared error, rsqrt, the fused
+  multiply-adds; no batch norm op) and updates the running statistics as torch's exported
+  layer does. While a tracer runs, :func:`bnbook.functional.batch_norm` takes the out-of-place
+  form it uses under torch.func.
 * ``torch.autocast`` (CPU, bfloat16 or float16): the output has torch's dtype and values.
 * ``torch.utils.checkpoint``: recomputes them as torch's, the running statistics updated twice
   (once per forward), as torch's are.
