@@ -173,3 +173,44 @@ def test_convert_sync_batchnorm_torch_and_bnbook_layers():
 def test_launch_bad_world_size():
     with pytest.raises(ValueError, match="world_size"):
         launch(_worker, 0, [])
+
+
+def _ddp_worker(rank: int, world_size: int) -> dict:
+    """Every rank: the same small net with our BatchNorm2d and with torch's, each wrapped in
+    DistributedDataParallel, three SGD steps on this rank's shard; the largest differences."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)  # the same initial weights on every rank, for both nets
+    ours = nn.Sequential(nn.Conv2d(2, 3, 3).double(), modules.BatchNorm2d(3).double(), nn.ReLU())
+    theirs = modules.to_torch(copy.deepcopy(ours))
+    nets = {"ours": DDP(ours), "theirs": DDP(theirs)}
+    opts = {name: torch.optim.SGD(net.parameters(), lr=0.1) for name, net in nets.items()}
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+    for _ in range(3):
+        x = torch.randn(3 + rank, 2, 5, 5, generator=g, dtype=torch.float64)
+        for name, net in nets.items():
+            opts[name].zero_grad()
+            net(x).square().mean().backward()
+            opts[name].step()
+    state = {name: net.module.state_dict() for name, net in nets.items()}
+    diffs = {key: (state["ours"][key].double() - state["theirs"][key].double()).abs().max().item()
+             for key in state["theirs"]}
+    # What the state is on this rank, to compare across ranks (DDP keeps replicas in step).
+    return {"diffs": diffs, "state": {k: v.clone() for k, v in state["ours"].items()}}
+
+
+def test_ddp_with_our_layers_matches_torchs():
+    """DistributedDataParallel treats our layer as torch's: gradients averaged across ranks,
+    each rank normalising with its own shard's statistics, rank 0's running statistics
+    broadcast before every forward. Two gloo processes, uneven shards, float64."""
+    results = launch(_ddp_worker, 2, timeout=90)
+    for rank, result in enumerate(results):
+        for key, diff in result["diffs"].items():
+            assert diff < TOL, (rank, key, diff)
+    # The weights stay identical across ranks (averaged gradients). The running statistics do
+    # not: rank 0's are broadcast *before* each forward, which then updates every rank's copy
+    # from its own shard, with torch's layer as with ours (the diffs above).
+    state0, state1 = results[0]["state"], results[1]["state"]
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        assert torch.equal(state0[key], state1[key]), key
+    assert not torch.equal(state0["1.running_mean"], state1["1.running_mean"])

@@ -11,8 +11,11 @@ than a look-alike class is what makes torch's own tools see our layers: a tool t
 only argument checks on top of torch's), :class:`_BatchNorm` (which statistics, which averaging
 factor, then the functional) and the three public classes.
 
-How torch's tools treat these layers (each is pinned by ``tests/test_interop.py``):
+How torch's tools treat these layers (each is pinned by ``tests/test_interop.py``, or
+``tests/test_distributed.py`` for DDP):
 
+* ``torch.nn.parallel.DistributedDataParallel``: as torch's layers, each rank normalises with
+  its own shard and rank 0's running statistics are broadcast before every forward.
 * ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: converts them, state included, into torch's
   ``SyncBatchNorm`` (whose arithmetic is then torch's).
 * ``torch.optim.swa_utils.update_bn``: recomputes their running statistics, as for torch's.
