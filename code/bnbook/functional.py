@@ -350,8 +350,9 @@ def _backward(
     x = _cast(input, cdtype)
     dy = _cast(grad_output, cdtype)
     m = _count(x)
-    # dx's layout, torch's choice (none to read from a gradient batched by the legacy vmap).
-    fmt = None if is_transform_wrapped(grad_output) else _output_format(input)
+    # dx's layout, torch's choice (none to read from a gradient batched by the legacy vmap;
+    # fast already means it is not one).
+    fmt = _output_format(input) if fast or not is_transform_wrapped(grad_output) else None
     if ctx.training and torch.is_grad_enabled() and m > 0:
         # A second derivative needs the statistics as functions of x, not as the constants
         # saved by forward: the mean and variance paths of the second derivative live here.
