@@ -18,11 +18,15 @@ What is measured, each contender side by side in ONE process:
    forward and backward of the thinnest ``torch.autograd.Function`` (``function_ratio``): what
    autograd adds to any layer written in Python, before a single check or per-channel
    operation.
-2. The NumPy reference's compact backward against its staged (node-by-node) backward.
+2. One of those passes, the mean of a (4096, 256) float32 tensor, timed with the tensor in the
+   cache (the same pass ran just before) and with it in memory only (a buffer larger than the
+   last-level cache was written through just before). Reported ratio: from memory / from
+   cache, what the trip to memory adds to a pass (no target).
+3. The NumPy reference's compact backward against its staged (node-by-node) backward.
    Reported ratio: staged / compact; expected between 7/6 and 8/5, the range the backprop
    chapter derives from the two versions' counts of allocations and of arrays read and
    written.
-3. The book: a clean build (``python -m bnbook.bookexec``, then ``jupyter-book build``, as
+4. The book: a clean build (``python -m bnbook.bookexec``, then ``jupyter-book build``, as
    ``make book`` runs them) of a copy of the repository in a temporary folder,
    then a rebuild with nothing changed (served from the execution cache). Wall seconds.
 
@@ -73,7 +77,10 @@ COPY_IGNORE = shutil.ignore_patterns(
 
 
 def interleaved(
-    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int
+    contenders: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    prepare: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Time each contender ``repeats`` times, in rounds: one call of each per round.
 
@@ -86,6 +93,8 @@ def interleaved(
         contenders: name -> a call to time.
         repeats: timed rounds (calls per contender).
         warmup: untimed calls per contender first (allocator, caches, lazy initialisation).
+        prepare: name -> an untimed call made right before each call of that contender
+            (warm-up calls included), to set up the state it is to be timed in.
 
     Returns:
         name -> {"median_s", "p10_s", "p90_s", "repeats", "page_faults_per_call", "times_s"}:
@@ -94,8 +103,11 @@ def interleaved(
         ``times_s`` are the timed calls in round order, so that two contenders' calls of one
         round can be paired (:func:`paired_ratio`).
     """
+    prepare = prepare or {}
     for _ in range(warmup):
-        for fn in contenders.values():
+        for name, fn in contenders.items():
+            if name in prepare:
+                prepare[name]()
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     faults: dict[str, int] = dict.fromkeys(contenders, 0)
@@ -104,6 +116,8 @@ def interleaved(
     for _ in range(repeats):
         shuffle(order)
         for name, fn in order:
+            if name in prepare:
+                prepare[name]()
             before = _minor_faults()
             start = time.perf_counter()
             fn()
@@ -278,6 +292,46 @@ def torch_rows(repeats: int, warmup: int) -> list[dict]:
             }
         )
     return rows
+
+
+# Written through before each timed call "from memory": more than the last-level cache a core
+# can use on current CPUs (this machine's: 32 MiB), so that none of the timed tensor is left in it.
+FLUSH_BYTES = 256 * 2**20
+
+
+def memory_row(repeats: int, warmup: int) -> dict:
+    """One full-size pass, timed with its tensor in the cache and with it in memory only.
+
+    The pass is the layer's first, the per-channel mean of a (4096, 256) float32 input (4 MiB).
+    "from cache": the same pass ran just before, so the tensor is in the cache. "from memory":
+    a buffer larger than the last-level cache was written through just before, so every byte
+    comes from memory. The ratio says how much of a pass's time is the trip to memory, that is,
+    how much a fused kernel, which makes fewer passes, saves per pass it does not make.
+    """
+    x = torch.randn((4096, 256), generator=torch.Generator().manual_seed(0))
+    flush = torch.zeros(FLUSH_BYTES // 4)
+
+    def one_pass() -> object:
+        return x.mean(0)
+
+    timed = interleaved(
+        {"from cache": one_pass, "from memory": one_pass},
+        repeats,
+        warmup,
+        prepare={"from cache": one_pass, "from memory": lambda: flush.add_(1.0)},
+    )
+    paired = paired_ratio(timed, "from memory", "from cache")
+    return {
+        "name": "one pass (4096, 256) float32: mean over the batch",
+        "contenders": _without_times(timed),
+        "ratio": paired["median"],
+        "ratio_definition": "from memory / from cache (median of per-round ratios)",
+        "ratio_p10_p90": [paired["p10"], paired["p90"]],
+        "ratio_of_medians": timed["from memory"]["median_s"] / timed["from cache"]["median_s"],
+        "flush_bytes": FLUSH_BYTES,
+        "target": None,
+        "target_met": None,
+    }
 
 
 def numpy_row(repeats: int, warmup: int) -> dict:
@@ -464,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = [stamped(row) for row in torch_rows(args.repeats, args.warmup)]
+    rows.append(stamped(memory_row(args.repeats, args.warmup)))
     rows.append(stamped(numpy_row(args.repeats, args.warmup)))
     output = args.output.resolve()
     shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output

@@ -59,3 +59,42 @@ def test_results_keep_no_per_call_times_and_rows_without_a_target_print(bench) -
     }
     table = bench.markdown(results)
     assert "| row | x | 1.00 | 1.00 | 2.00 | 2.50 (x / y) | - | - |" in table
+
+
+def test_prepare_runs_untimed_right_before_each_call_of_its_contender(bench, monkeypatch) -> None:
+    """A fake clock that only the contenders advance: whatever prepare does is not timed."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    calls: list[str] = []
+
+    def call(name: str, cost: float):
+        def run() -> None:
+            calls.append(name)
+            now[0] += cost
+        return run
+
+    timed = bench.interleaved(
+        {"cold": call("cold", 1e-3), "warm": call("warm", 2e-3)},
+        repeats=8,
+        warmup=1,
+        prepare={"cold": call("flush", 5.0)},
+    )
+    # Every call of "cold", warm-up included, comes right after its own preparation.
+    assert calls.count("flush") == calls.count("cold") == 9
+    assert all(calls[i - 1] == "flush" for i, c in enumerate(calls) if c == "cold")
+    assert "flush" not in [calls[i - 1] for i, c in enumerate(calls) if c == "warm" and i]
+    assert timed["cold"]["times_s"] == pytest.approx([1e-3] * 8)
+    assert timed["warm"]["times_s"] == pytest.approx([2e-3] * 8)
+    assert bench.paired_ratio(timed, "cold", "warm")["median"] == pytest.approx(0.5)
+
+
+def test_the_memory_row_times_one_pass_from_cache_and_from_memory(bench, monkeypatch) -> None:
+    """Its shape, with a small flush buffer and few rounds (the real figures are make bench's)."""
+    monkeypatch.setattr(bench, "FLUSH_BYTES", 2**20)
+    row = bench.memory_row(repeats=3, warmup=1)
+    assert set(row["contenders"]) == {"from cache", "from memory"}
+    assert row["flush_bytes"] == 2**20 and row["target"] is None
+    assert row["ratio_definition"].startswith("from memory / from cache")
+    low, high = row["ratio_p10_p90"]
+    assert low <= row["ratio"] <= high
+    assert all(t["repeats"] == 3 and "times_s" not in t for t in row["contenders"].values())
