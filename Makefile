@@ -37,12 +37,18 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # bookexec runs the notebooks that changed, one per core, into the cache the build then reads.
+# A notebook that fails still leaves the other pages built, but make then fails too.
 book: $(STAMP)
-	$(PY) -m bnbook.bookexec .
-	$(BIN)/jupyter-book build . --keep-going
-	@echo
-	@echo "The book is built. Open it in a browser (no network needed):"
-	@echo "    file://$(CURDIR)/$(BOOK)"
+	@failed=0; $(PY) -m bnbook.bookexec . || failed=1; \
+	$(BIN)/jupyter-book build . --keep-going; \
+	echo; \
+	if [ $$failed = 1 ]; then \
+		echo "The book is built, but not whole: the notebooks named above failed to execute,"; \
+		echo "and their pages stop at the error. Fix them and run make book again."; \
+		exit 1; \
+	fi; \
+	echo "The book is built. Open it in a browser (no network needed):"; \
+	echo "    file://$(CURDIR)/$(BOOK)"
 
 # The strict build fails on any Sphinx warning or broken reference.
 book-strict: $(STAMP)

@@ -369,8 +369,9 @@ def book_row(results: dict | None = None) -> dict:
 
     ``results``, if given, replaces the copy's results file first: the book built is then the
     one that will show these results (the speed chapter reads them and checks them), not the
-    one that showed the previous ones. A notebook that fails to execute makes the run not ok,
-    although ``--keep-going`` lets the build itself finish.
+    one that showed the previous ones. A notebook that fails to execute makes the run not ok:
+    bookexec exits with 1 and names it, and no build is timed after that (the build's own
+    reports of a failed execution are caught too).
     """
     jb = Path(sys.executable).with_name("jupyter-book")
     timings: dict[str, dict] = {}

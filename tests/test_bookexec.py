@@ -42,9 +42,11 @@ def test_executes_into_the_cache_the_build_reads_and_leaves_failures_out(tmp_pat
     from jupyter_cache import get_cache
 
     _book(tmp_path, {"good": "print(6 * 7)", "bad": "raise RuntimeError('boom')"})
-    assert bookexec.main([str(tmp_path), "--jobs", "2", "--timeout", "120"]) == 0
+    # A failure is an exit status of 1, with the failed notebooks named at the end.
+    assert bookexec.main([str(tmp_path), "--jobs", "2", "--timeout", "120"]) == 1
     out = capsys.readouterr().out
     assert "chapters/bad.ipynb FAILED" in out and "boom" in out
+    assert out.rstrip().endswith("1 failed: chapters/bad.ipynb")
     assert (tmp_path / "chapters" / "good.ran").exists()  # ran in the notebook's folder
 
     cache = get_cache(str(tmp_path / "_build" / ".jupyter_cache"))
@@ -62,5 +64,11 @@ def test_executes_into_the_cache_the_build_reads_and_leaves_failures_out(tmp_pat
         raise AssertionError("a failed notebook must not be cached")
 
     # A second run finds the good notebook cached and executes only the failed one again.
-    bookexec.main([str(tmp_path), "--jobs", "1"])
+    assert bookexec.main([str(tmp_path), "--jobs", "1"]) == 1
     assert "1 notebook(s) to execute" in capsys.readouterr().out
+
+
+def test_exit_status_is_0_when_every_notebook_runs(tmp_path, capsys) -> None:
+    _book(tmp_path, {"one": "x = 1", "two": "y = 2"})
+    assert bookexec.main([str(tmp_path), "--jobs", "2", "--timeout", "120"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("0 failed")

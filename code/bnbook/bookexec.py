@@ -7,8 +7,9 @@ notebook listed in ``_toc.yml`` whose code is not in the cache yet, a few at a t
 own folder and kernel exactly as myst-nb would, and stores the executed notebook in
 ``_build/.jupyter_cache``. The build then finds each notebook there and only renders it.
 
-Nothing here decides whether a notebook is correct: a notebook that fails is reported and left
-out of the cache, so the build executes it again itself and fails with its own message.
+A notebook that fails is reported, with its error, and left out of the cache, so the build
+executes it again itself and reports it in its own words; the exit status is then 1, so that
+``make book`` can say, after building every other page, that the book is not whole.
 """
 
 from __future__ import annotations
@@ -88,14 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Longest first (file size is a fair proxy here), so no long notebook starts last.
     todo.sort(key=lambda p: p.stat().st_size, reverse=True)
     print(f"bookexec: {len(todo)} notebook(s) to execute, {args.jobs} at a time", flush=True)
-    start, failed = time.perf_counter(), 0
+    start, failed = time.perf_counter(), []
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(_execute, str(p), args.timeout) for p in todo]
         for future in concurrent.futures.as_completed(futures):
             path, notebook, seconds, error = future.result()
             name = Path(path).relative_to(root)
             if error is not None:
-                failed += 1
+                failed.append(str(name))
                 print(f"bookexec: {name} FAILED after {seconds:.1f} s (the build will "
                       f"execute it again and report it):\n{error}", flush=True)
                 continue
@@ -104,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_validity=False, overwrite=True,
             )
             print(f"bookexec: {name} executed in {seconds:.1f} s", flush=True)
-    print(f"bookexec: done in {time.perf_counter() - start:.1f} s, {failed} failed", flush=True)
-    return 0
+    print(f"bookexec: done in {time.perf_counter() - start:.1f} s, {len(failed)} failed"
+          + (f": {', '.join(sorted(failed))}" if failed else ""), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
