@@ -157,6 +157,19 @@ def paired_ratio(timed: dict[str, dict], a: str, b: str) -> dict[str, float]:
     }
 
 
+def ratio_fields(timed: dict[str, dict], a: str, b: str) -> dict:
+    """A row's contenders (without per-call times) and a's time over b's (:func:`paired_ratio`),
+    as every timed row records them."""
+    paired = paired_ratio(timed, a, b)
+    return {
+        "contenders": _without_times(timed),
+        "ratio": paired["median"],
+        "ratio_definition": f"{a} / {b} (median of per-round ratios)",
+        "ratio_p10_p90": [paired["p10"], paired["p90"]],
+        "ratio_of_medians": timed[a]["median_s"] / timed[b]["median_s"],
+    }
+
+
 def _minor_faults() -> int:
     """Minor page faults of this process so far (-1 where the platform does not count them)."""
     try:
@@ -274,21 +287,15 @@ def torch_rows(repeats: int, warmup: int) -> list[dict]:
             repeats,
             warmup,
         )
-        paired = {name: paired_ratio(timed, name, "native")
-                  for name in ("ours", "passes", "passes in a Function")}
-        ratio = paired["ours"]["median"]
+        fields = ratio_fields(timed, "ours", "native")
         rows.append(
             {
                 "name": f"functional fwd+bwd {tuple(shape)} float32",
-                "contenders": _without_times(timed),
-                "ratio": ratio,
-                "ratio_definition": "ours / native (median of per-round ratios)",
-                "ratio_p10_p90": [paired["ours"]["p10"], paired["ours"]["p90"]],
-                "ratio_of_medians": timed["ours"]["median_s"] / timed["native"]["median_s"],
-                "passes_ratio": paired["passes"]["median"],
-                "function_ratio": paired["passes in a Function"]["median"],
+                **fields,
+                "passes_ratio": paired_ratio(timed, "passes", "native")["median"],
+                "function_ratio": paired_ratio(timed, "passes in a Function", "native")["median"],
                 "target": None if target is None else f"<= {target}",
-                "target_met": None if target is None else ratio <= target,
+                "target_met": None if target is None else fields["ratio"] <= target,
             }
         )
     return rows
@@ -321,14 +328,9 @@ def memory_row(repeats: int, warmup: int) -> dict:
         warmup,
         prepare={"from cache": one_pass, "from memory": flush.sum},
     )
-    paired = paired_ratio(timed, "from memory", "from cache")
     return {
         "name": "one pass (4096, 256) float32: mean over the batch",
-        "contenders": _without_times(timed),
-        "ratio": paired["median"],
-        "ratio_definition": "from memory / from cache (median of per-round ratios)",
-        "ratio_p10_p90": [paired["p10"], paired["p90"]],
-        "ratio_of_medians": timed["from memory"]["median_s"] / timed["from cache"]["median_s"],
+        **ratio_fields(timed, "from memory", "from cache"),
         "flush_bytes": FLUSH_BYTES,
         "target": None,
         "target_met": None,
@@ -350,17 +352,12 @@ def numpy_row(repeats: int, warmup: int) -> dict:
         repeats,
         warmup,
     )
-    paired = paired_ratio(timed, "staged", "compact")
-    ratio = paired["median"]
+    fields = ratio_fields(timed, "staged", "compact")
     return {
         "name": f"numpy backward {shape} float64",
-        "contenders": _without_times(timed),
-        "ratio": ratio,
-        "ratio_definition": "staged / compact (median of per-round ratios)",
-        "ratio_p10_p90": [paired["p10"], paired["p90"]],
-        "ratio_of_medians": timed["staged"]["median_s"] / timed["compact"]["median_s"],
+        **fields,
         "target": "7/6 to 8/5 (the backprop chapter's bound)",
-        "target_met": 7 / 6 <= ratio <= 8 / 5,
+        "target_met": 7 / 6 <= fields["ratio"] <= 8 / 5,
     }
 
 
